@@ -1,0 +1,1 @@
+"""Bluesky callbacks: documents in, batches out."""

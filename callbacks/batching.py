@@ -1,0 +1,392 @@
+"""Documents in, batches out: the analysis side of the SmartLab callback.
+
+:class:`BatchAssembler` takes the documents of any number of runs, checks
+them, reads externally stored data (area-detector frames written to files),
+and groups the events of each stream into :class:`RawBatch` es for the worker.
+It runs on the analysis worker, never on the RunEngine thread, and does no
+analysis itself.
+
+Each run's documents first pass through bluesky-tiled-plugins'
+``RunNormalizer``, which validates them against the event-model schemas and
+turns ``resource``/``datum`` into ``stream_resource``/``stream_datum``, so old
+(ophyd) and new (ophyd-async) detectors arrive the same way; the library's
+consolidators then read the referenced files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jsonschema
+import numpy as np
+from bluesky_tiled_plugins.writing.consolidators import ConsolidatorBase, consolidator_factory
+from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
+from event_model import DocumentNames, DocumentRouter
+
+logger = logging.getLogger(__name__)
+
+DOCUMENT_NAMES = frozenset(n.name for n in DocumentNames)
+#: Keys the run router needs in each document to know where it belongs.
+ROUTING_KEYS: Mapping[str, tuple[str, ...]] = {
+    "start": ("uid",),
+    "stop": ("run_start",),
+    "descriptor": ("uid", "run_start"),
+    "event": ("descriptor",),
+    "event_page": ("descriptor",),
+    "resource": ("uid", "run_start"),
+    "datum": ("resource",),
+    "datum_page": ("resource",),
+    "stream_resource": ("uid", "run_start"),
+    "stream_datum": ("descriptor",),
+}
+
+
+@dataclass(frozen=True)
+class DocumentProblem:
+    """A document, or an event in one, that could not be used, and why."""
+
+    document: str
+    reason: str
+    run_uid: str | None = None
+    stream: str | None = None
+    seq_num: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.stream is not None:
+            where.append(f"stream {self.stream!r}")
+        if self.seq_num is not None:
+            where.append(f"event {self.seq_num}")
+        if self.run_uid is not None:
+            where.append(f"run {self.run_uid[:8]}")
+        place = f" ({', '.join(where)})" if where else ""
+        return f"rejected {self.document} document{place}: {self.reason}"
+
+
+@dataclass
+class RawBatch:
+    """Consecutive events of one stream, every field stacked on axis 0."""
+
+    stream: str
+    seq_num: np.ndarray
+    time: np.ndarray
+    data: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.seq_num)
+
+
+class BatchSink(Protocol):
+    """Where the assembler sends what it makes (the worker implements this)."""
+
+    def open_run(self, start: Mapping[str, Any]) -> None: ...
+
+    def open_stream(self, run_uid: str, descriptor: Mapping[str, Any]) -> None: ...
+
+    def add_batch(self, run_uid: str, batch: RawBatch) -> None: ...
+
+    def close_run(self, stop: Mapping[str, Any]) -> None: ...
+
+    def reject(self, problem: DocumentProblem) -> None: ...
+
+
+class BatchAssembler:
+    """Route documents to per-run assemblers; report every bad document."""
+
+    def __init__(self, sink: BatchSink, max_batch: int = 256) -> None:
+        self._sink = sink
+        self._max_batch = max_batch
+        self._runs: dict[str, _RunAssembler] = {}
+        self._normalizers: dict[str, RunNormalizer] = {}
+        self._owner: dict[str, str] = {}  # descriptor/resource uid -> run uid
+
+    def __call__(self, name: Any, doc: Any) -> None:
+        """Take one document; a bad one is reported to the sink, never raised."""
+        try:
+            self._route(name, doc)
+        except _Rejected as rejected:
+            self._sink.reject(rejected.problem)
+        except jsonschema.ValidationError as exc:
+            self._sink.reject(self._problem(name, doc, f"invalid document: {_schema_message(exc)}"))
+        except Exception as exc:  # anything else a malformed document can provoke
+            reason = f"{type(exc).__name__}: {exc}"
+            self._sink.reject(self._problem(name, doc, reason))
+
+    def flush(self) -> None:
+        """Hand every complete pending event to the sink as batches."""
+        for run in list(self._runs.values()):
+            run.flush()
+
+    @property
+    def open_runs(self) -> list[str]:
+        return list(self._runs)
+
+    def _route(self, name: Any, doc: Any) -> None:
+        if not isinstance(name, str) or name not in DOCUMENT_NAMES:
+            raise _Rejected(DocumentProblem(str(name)[:40], "unknown document name"))
+        if not isinstance(doc, Mapping):
+            raise _Rejected(DocumentProblem(name, f"expected a dict, got {type(doc).__name__}"))
+        missing = [key for key in ROUTING_KEYS.get(name, ()) if key not in doc]
+        if missing:
+            raise _Rejected(DocumentProblem(name, f"missing required key(s) {missing}"))
+        if name == "start":
+            self._open(doc)
+            return
+        run_uid = self._run_of(name, doc)
+        if name in ("descriptor", "resource", "stream_resource"):
+            self._owner[doc["uid"]] = run_uid
+        self._normalizers[run_uid](name, doc)
+        if name == "stop":
+            self._forget(run_uid)
+
+    def _open(self, start: Mapping[str, Any]) -> None:
+        uid = start["uid"]
+        if uid in self._runs:
+            raise _Rejected(DocumentProblem("start", "a run with this uid is already open", uid))
+        run = _RunAssembler(uid, self._sink, self._max_batch)
+        normalizer = RunNormalizer()
+        normalizer.subscribe(run)
+        self._runs[uid] = run
+        self._normalizers[uid] = normalizer
+        try:
+            normalizer("start", start)
+        except Exception:
+            self._forget(uid)
+            raise
+
+    def _forget(self, run_uid: str) -> None:
+        self._runs.pop(run_uid, None)
+        self._normalizers.pop(run_uid, None)
+        for key in [k for k, v in self._owner.items() if v == run_uid]:
+            del self._owner[key]
+
+    def _run_of(self, name: str, doc: Mapping[str, Any]) -> str:
+        if name in ("stop", "descriptor", "resource", "stream_resource"):
+            run_uid = doc.get("run_start")
+            if run_uid not in self._runs:
+                raise _Rejected(DocumentProblem(name, f"no open run with uid {run_uid!r}"))
+            return run_uid
+        parent_key = "resource" if name in ("datum", "datum_page") else "descriptor"
+        parent = doc[parent_key]
+        run_uid = self._owner.get(parent)
+        if run_uid is None:
+            raise _Rejected(DocumentProblem(name, f"refers to unknown {parent_key} {parent!r}"))
+        return run_uid
+
+    def _problem(self, name: Any, doc: Any, reason: str) -> DocumentProblem:
+        run_uid = stream = seq_num = None
+        if isinstance(doc, Mapping):
+            owner = doc.get("descriptor") or doc.get("resource")
+            run_uid = doc.get("run_start") or self._owner.get(owner) or None
+            if isinstance(doc.get("seq_num"), int):
+                seq_num = doc["seq_num"]
+            run = self._runs.get(run_uid) if isinstance(run_uid, str) else None
+            if run is not None and owner in run.streams:
+                stream = run.streams[owner]
+        return DocumentProblem(str(name), reason, run_uid, stream, seq_num)
+
+
+class _Rejected(Exception):
+    def __init__(self, problem: DocumentProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass
+class _Row:
+    seq_num: int
+    time: float
+    data: dict[str, Any]
+
+
+@dataclass
+class _Stream:
+    name: str
+    descriptor: Mapping[str, Any]
+    internal: dict[str, tuple[int | None, ...] | None]
+    external: dict[str, tuple[int | None, ...] | None]
+    pending: list[_Row] = field(default_factory=list)
+
+
+class _RunAssembler(DocumentRouter):
+    """One run's normalized documents, assembled into batches per stream."""
+
+    def __init__(self, run_uid: str, sink: BatchSink, max_batch: int) -> None:
+        super().__init__()
+        self.run_uid = run_uid
+        self.streams: dict[str, str] = {}  # descriptor uid -> stream name
+        self._sink = sink
+        self._max_batch = max_batch
+        self._descriptors: dict[str, _Stream] = {}
+        self._resources: dict[str, Mapping[str, Any]] = {}
+        self._consolidators: dict[str, ConsolidatorBase] = {}
+        self._available: dict[tuple[str, str], set[int]] = {}
+        self._locations: dict[tuple[str, str], str] = {}  # (descriptor, field) -> resource
+
+    def start(self, doc):
+        self._sink.open_run(doc)
+
+    def descriptor(self, doc):
+        data_keys = doc["data_keys"]
+        internal, external = {}, {}
+        for key, spec in data_keys.items():
+            shape = _expected_shape(spec)
+            (external if "external" in spec else internal)[key] = shape
+        stream = _Stream(doc.get("name", "primary"), doc, internal, external)
+        self._descriptors[doc["uid"]] = stream
+        self.streams[doc["uid"]] = stream.name
+        self._sink.open_stream(self.run_uid, doc)
+
+    def event_page(self, doc):
+        stream = self._descriptors[doc["descriptor"]]
+        for i, seq_num in enumerate(doc["seq_num"]):
+            data = {key: values[i] for key, values in doc["data"].items()}
+            problem = self._check_row(stream, data, seq_num)
+            if problem:
+                self._sink.reject(problem)
+                continue
+            stream.pending.append(_Row(int(seq_num), float(doc["time"][i]), data))
+        if len(stream.pending) >= self._max_batch:
+            self._flush_stream(doc["descriptor"], stream)
+
+    def stream_resource(self, doc):
+        self._resources[doc["uid"]] = doc
+
+    def stream_datum(self, doc):
+        sres_uid = doc["stream_resource"]
+        consolidator = self._consolidators.get(sres_uid)
+        if consolidator is None:
+            if sres_uid not in self._resources:
+                raise _Rejected(
+                    DocumentProblem(
+                        "stream_datum",
+                        f"refers to unknown stream_resource {sres_uid!r}",
+                        self.run_uid,
+                    )
+                )
+            descriptor = self._descriptors[doc["descriptor"]].descriptor
+            consolidator = consolidator_factory(self._resources[sres_uid], descriptor)
+            self._consolidators[sres_uid] = consolidator
+        consolidator.consume_stream_datum(doc)
+        key = (doc["descriptor"], consolidator.data_key)
+        seq = doc["seq_nums"]
+        self._available.setdefault(key, set()).update(range(seq["start"], seq["stop"]))
+        self._locations[key] = sres_uid
+
+    def stop(self, doc):
+        self.flush()
+        for stream in self._descriptors.values():
+            for row in stream.pending:
+                missing = [k for k in stream.external if k not in row.data]
+                self._sink.reject(
+                    DocumentProblem(
+                        "event",
+                        f"no external data arrived for field(s) {missing} before the stop document",
+                        self.run_uid,
+                        stream.name,
+                        row.seq_num,
+                    )
+                )
+            stream.pending.clear()
+        self._sink.close_run(doc)
+
+    def flush(self) -> None:
+        for desc_uid, stream in self._descriptors.items():
+            self._flush_stream(desc_uid, stream)
+
+    def _check_row(
+        self, stream: _Stream, data: dict[str, Any], seq_num: int
+    ) -> DocumentProblem | None:
+        missing = [k for k in stream.internal if k not in data]
+        if missing:
+            return DocumentProblem(
+                "event",
+                f"field(s) {missing} of the descriptor are missing",
+                self.run_uid,
+                stream.name,
+                seq_num,
+            )
+        for key, shape in stream.internal.items():
+            value = np.asarray(data[key])
+            if shape is not None and not _shape_matches(value.shape, shape):
+                return DocumentProblem(
+                    "event",
+                    f"field {key!r} has shape {value.shape}, the descriptor says {shape}",
+                    self.run_uid,
+                    stream.name,
+                    seq_num,
+                )
+            data[key] = value
+        return None
+
+    def _flush_stream(self, desc_uid: str, stream: _Stream) -> None:
+        if not stream.pending:
+            return
+        ready = 0
+        for row in stream.pending:
+            if not all(
+                row.seq_num in self._available.get((desc_uid, k), ()) for k in stream.external
+            ):
+                break
+            ready += 1
+        if not ready:
+            return
+        rows, stream.pending = stream.pending[:ready], stream.pending[ready:]
+        for key in stream.external:
+            self._fill(desc_uid, stream, key, rows)
+        for start in range(0, len(rows), self._max_batch):
+            chunk = rows[start : start + self._max_batch]
+            self._sink.add_batch(self.run_uid, _stack(stream.name, chunk))
+
+    def _fill(self, desc_uid: str, stream: _Stream, key: str, rows: list[_Row]) -> None:
+        consolidator = self._consolidators[self._locations[(desc_uid, key)]]
+        indices = [consolidator._seqnums_to_indices_map[row.seq_num] for row in rows]
+        adapter = consolidator.init_adapter()
+        lo, hi = min(indices), max(indices) + 1
+        block = np.asarray(adapter.read(slice=(slice(lo, hi),)))
+        for row, index in zip(rows, indices, strict=True):
+            row.data[key] = block[index - lo]
+        available = self._available[(desc_uid, key)]
+        available.difference_update(row.seq_num for row in rows)
+
+
+def _expected_shape(spec: Mapping[str, Any]) -> tuple[int | None, ...] | None:
+    shape = spec.get("shape")
+    if shape is None:
+        return None
+    return tuple(None if s is None or s < 0 else int(s) for s in shape)
+
+
+def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    if expected in ((), (1,)) and actual in ((), (1,)):
+        return True
+    if len(actual) != len(expected):
+        return False
+    return all(e is None or a == e for a, e in zip(actual, expected, strict=True))
+
+
+def _stack(stream: str, rows: list[_Row]) -> RawBatch:
+    keys = rows[0].data.keys()
+    data = {}
+    for key in keys:
+        values = [row.data[key] for row in rows]
+        try:
+            data[key] = np.stack(values)
+        except ValueError:  # ragged (descriptor shape left open): keep one object per event
+            stacked = np.empty(len(values), dtype=object)
+            stacked[:] = values
+            data[key] = stacked
+    return RawBatch(
+        stream=stream,
+        seq_num=np.fromiter((r.seq_num for r in rows), dtype=np.int64, count=len(rows)),
+        time=np.fromiter((r.time for r in rows), dtype=np.float64, count=len(rows)),
+        data=data,
+    )
+
+
+def _schema_message(exc: jsonschema.ValidationError) -> str:
+    path = "/".join(str(p) for p in exc.absolute_path)
+    return f"{exc.message} (at {path})" if path else exc.message

@@ -1,0 +1,315 @@
+"""``SmartLab``: the callback a RunEngine subscribes.
+
+On the RunEngine thread it does O(1) work per document: it appends the
+document to a bounded deque and returns. A feeder thread ships what has
+accumulated to the analysis worker (a child process by default) every few
+milliseconds, so the worker sees larger batches exactly when the scan is
+fast. When the deque is full, events and datums are dropped, never the
+documents that open or close a run or a stream; every drop is counted, and
+reported at the run's stop document and in the published results.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import pickle
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from smartlab_plugins import settings
+from smartlab_plugins.manager import PluginManager, plugin_reference
+from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
+from smartlab_plugins.worker import Shipment
+
+logger = logging.getLogger(__name__)
+
+#: Documents that are never dropped: losing one would lose a whole run or stream.
+ESSENTIAL = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
+ISOLATIONS = {"process": ProcessHost, "thread": ThreadHost}
+
+
+class TiledUnavailableError(ConnectionError):
+    """No usable Tiled server: none configured, unreachable, or the key is refused."""
+
+
+def connect(tiled_uri: str | None, api_key: str | None):
+    """A Tiled client of ``tiled_uri``, or a TiledUnavailableError saying what to do."""
+    import httpx
+    from tiled.client import from_uri
+
+    start_hint = (
+        "Start one with `smartlab serve` (it prints the URI and the API key), then set "
+        "SMARTLAB_TILED_URI and SMARTLAB_API_KEY, or pass tiled_uri= and api_key=."
+    )
+    if not tiled_uri:
+        raise TiledUnavailableError(f"SmartLab needs a Tiled server to publish to. {start_hint}")
+    try:
+        return from_uri(tiled_uri, api_key=api_key)
+    except httpx.ConnectError as exc:
+        raise TiledUnavailableError(
+            f"could not reach a Tiled server at {tiled_uri} ({exc}). {start_hint}"
+        ) from None
+    except Exception as exc:
+        text = str(exc)
+        if "401" in text or "API key" in text or "authentication" in text:
+            raise TiledUnavailableError(
+                f"the Tiled server at {tiled_uri} refused access ({text.splitlines()[0]}): set "
+                "SMARTLAB_API_KEY (or pass api_key=) to the key `smartlab serve` printed or stored "
+                "in its data folder"
+            ) from None
+        raise
+
+
+class SmartLab:
+    """Live analysis of a RunEngine's documents, published to Tiled.
+
+    ``RE.subscribe(SmartLab())`` is the whole set-up in a session: with no
+    arguments it publishes to ``SMARTLAB_TILED_URI`` with ``SMARTLAB_API_KEY``
+    and runs every installed plugin. Calling it with any document, however
+    malformed, never raises; :meth:`close` (or leaving a ``with`` block)
+    finishes writing.
+
+    Parameters
+    ----------
+    tiled_uri, api_key
+        The Tiled server and its key; default from the environment.
+    plugins
+        Names of the plugins to enable for this session; default all.
+    raw
+        Also write the raw run to Tiled with ``TiledWriter`` (default True).
+    isolation
+        ``"process"`` (default) runs analysis and publishing in a child process;
+        ``"thread"`` in a thread of this one (costs scan speed; for plugins that
+        cannot be pickled, and for tests).
+    max_pending
+        Documents held for the worker before events are dropped (and counted).
+    max_batch
+        Largest batch of events handed to a plugin at once.
+    max_failures
+        Failures after which a plugin is disabled for the rest of a run.
+    linger
+        Seconds the feeder waits after the first new document, to ship several together.
+    """
+
+    def __init__(
+        self,
+        tiled_uri: str | None = None,
+        api_key: str | None = None,
+        *,
+        plugins: Iterable[str] | None = None,
+        raw: bool = True,
+        isolation: str = "process",
+        max_pending: int = 10_000,
+        max_batch: int = 256,
+        max_failures: int = 3,
+        linger: float = 0.01,
+    ) -> None:
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
+        self.tiled_uri = tiled_uri or settings.tiled_uri()
+        api_key = api_key or settings.api_key()
+        connect(self.tiled_uri, api_key)
+        self.plugins = PluginManager()
+        enabled = self.plugins.resolve(plugins) if plugins is not None else None
+        config = WorkerConfig(
+            tiled_uri=self.tiled_uri,
+            api_key=api_key,
+            enabled=enabled,
+            raw=raw,
+            max_batch=max_batch,
+            max_failures=max_failures,
+            log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
+        )
+        self._host = ISOLATIONS[isolation](config)
+        self._max_pending = max_pending
+        self._linger = linger
+        self._pending: deque[tuple[Any, Any]] = deque()
+        self._wake = threading.Event()
+        self._shipped_cond = threading.Condition()
+        self._accepted = 0
+        self._shipped = 0
+        self._run_of: dict[Any, Any] = {}
+        self._dropped: dict[Any, int] = {}
+        self.dropped_total = 0
+        self.unsendable = 0
+        self._closing = False
+        self._closed = False
+        self._feeder = threading.Thread(target=self._feed, name="smartlab-feeder", daemon=True)
+        self._feeder.start()
+        atexit.register(self.close)
+
+    # -- the RunEngine side: O(1), never raises ------------------------------
+
+    def __call__(self, name: Any, doc: Any) -> None:
+        """Take a document from the RunEngine (or anywhere); never raises."""
+        try:
+            if self._closed:
+                return
+            if name in ESSENTIAL:
+                self._pending.append((name, doc))
+                self._note_essential(name, doc)
+            elif len(self._pending) >= self._max_pending:
+                self._drop(doc)
+                return
+            else:
+                self._pending.append((name, doc))
+            self._accepted += 1
+            if not self._wake.is_set():
+                self._wake.set()
+        except Exception:  # an unhashable name or similar: the worker reports documents, not us
+            self.unsendable += 1
+
+    def _note_essential(self, name: str, doc: Any) -> None:
+        try:
+            if name in ("descriptor", "resource"):
+                self._run_of[doc["uid"]] = doc["run_start"]
+            elif name == "stop":
+                run = doc["run_start"]
+                for key in [k for k, v in self._run_of.items() if v == run]:
+                    del self._run_of[key]
+                if self._dropped.get(run):
+                    logger.warning(
+                        "SmartLab could not keep up: %d event(s) of run %s were not analysed "
+                        "(more than max_pending=%d documents waiting)",
+                        self._dropped[run],
+                        str(run)[:8],
+                        self._max_pending,
+                    )
+        except (KeyError, TypeError):
+            pass  # malformed: the worker will say what is wrong with it
+
+    def _drop(self, doc: Any) -> None:
+        self.dropped_total += 1
+        try:
+            run = self._run_of.get(doc.get("descriptor") or doc.get("resource"))
+        except (AttributeError, TypeError):
+            run = None
+        self._dropped[run] = self._dropped.get(run, 0) + 1
+
+    # -- the feeder thread --------------------------------------------------
+
+    def _feed(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._linger and not self._closing:
+                time.sleep(self._linger)
+            self._wake.clear()
+            docs = [self._pending.popleft() for _ in range(len(self._pending))]
+            if docs:
+                self._ship(docs)
+            with self._shipped_cond:
+                self._shipped += len(docs)
+                self._shipped_cond.notify_all()
+            if self._closing and not self._pending:
+                return
+
+    def _ship(self, docs: list[tuple[Any, Any]]) -> None:
+        shipment = Shipment(docs, dropped={k: v for k, v in self._dropped.copy().items() if k})
+        try:
+            self._host.ship(shipment)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            self._ship_one_by_one(shipment)
+        except (WorkerError, OSError, EOFError) as exc:
+            self.unsendable += len(docs)
+            logger.error("SmartLab could not send %d document(s) to its worker: %s", len(docs), exc)
+
+    def _ship_one_by_one(self, shipment: Shipment) -> None:
+        sendable = []
+        for name, doc in shipment.docs:
+            try:
+                pickle.dumps((name, doc))
+                sendable.append((name, doc))
+            except Exception as exc:
+                self.unsendable += 1
+                logger.error(
+                    "SmartLab could not send a %r document to its worker: %s: %s",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                )
+        if sendable:
+            self._host.ship(Shipment(sendable, shipment.dropped))
+
+    # -- the user's side ----------------------------------------------------
+
+    @property
+    def enabled(self) -> list[str]:
+        return self._host.request("status")["enabled"]
+
+    def enable(self, name: str) -> None:
+        """Enable a plugin for the following runs of this session."""
+        self._host.request("enable", self.plugins.resolve([name])[0])
+
+    def disable(self, name: str) -> None:
+        """Disable a plugin for the following runs of this session."""
+        self._host.request("disable", self.plugins.resolve([name])[0])
+
+    def register(self, plugin: object) -> str:
+        """Register a plugin object or module in this session; returns its name."""
+        name = self.plugins.register(plugin)
+        try:
+            self._host.request("register", plugin_reference(plugin))
+        except Exception:
+            self.plugins.unregister(name)
+            raise
+        return name
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until every document taken so far is analysed and published."""
+        target = self._accepted
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._shipped_cond:
+            while self._shipped < target:
+                if not self._shipped_cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+        return bool(
+            self._host.request("flush", max(0.1, deadline - time.monotonic()), timeout=timeout + 10)
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Queue depth, counts and the worker's state, for a quick look."""
+        status: dict[str, Any] = {
+            "pending": len(self._pending),
+            "accepted": self._accepted,
+            "shipped": self._shipped,
+            "dropped": self.dropped_total,
+            "unsendable": self.unsendable,
+            "worker_alive": self._host.alive,
+            "runs_finished": len(self._host.summaries),
+        }
+        if self._host.alive:
+            status["worker"] = self._host.request("status", timeout=10)
+        return status
+
+    @property
+    def run_summaries(self) -> list[dict[str, Any]]:
+        """One summary per finished run: events analysed, errors, drops, per plugin."""
+        return list(self._host.summaries)
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Ship what is pending, let the worker finish writing, and stop it."""
+        if self._closed:
+            return True
+        self._closing = True
+        self._wake.set()
+        self._feeder.join(timeout)
+        self._closed = True
+        atexit.unregister(self.close)
+        return self._host.close(timeout)
+
+    def __enter__(self) -> SmartLab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

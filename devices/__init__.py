@@ -1,0 +1,1 @@
+"""Simulated ophyd devices, one module per instrument."""

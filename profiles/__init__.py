@@ -1,0 +1,1 @@
+"""The IPython profile shipped with SmartLab."""

@@ -1,0 +1,198 @@
+"""The contract between SmartLab and its analysis plugins.
+
+A plugin is any object or module with functions marked ``@hookimpl`` whose
+names match the hooks below; it implements only the hooks it needs. SmartLab
+finds plugins through the ``smartlab.plugins`` entry-point group, exactly as a
+third-party package would declare one::
+
+    [project.entry-points."smartlab.plugins"]
+    my_plugin = "my_package.my_plugin"
+
+For one run, the hooks are called in this order, always on the analysis
+worker and never on the RunEngine thread::
+
+    smartlab_describe()                     once, when the plugin is registered
+    smartlab_start_run(run)                 at the start document
+    smartlab_analyze(run, stream, batch)    for each batch of events, in order
+    smartlab_finish_run(run, stop)          at the stop document
+
+Every hook is called for one plugin at a time, so an exception in one plugin
+never reaches another (the worker records it and carries on). This module
+holds the hook specifications and the plain data types they exchange; it
+imports nothing else of SmartLab's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pluggy
+
+PROJECT_NAME = "smartlab"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which event fields a plugin reads; the worker selects and checks them.
+
+    A field of a stream's descriptor is passed to the plugin when its stream
+    is in ``streams``, its dtype is numeric, and either its name is in
+    ``fields`` or (``fields`` empty) the number of dimensions of one event's
+    value is in ``ndims``. ``shape``, when set, is the exact shape one event's
+    value must have. Values with NaN or infinity are refused before the plugin
+    sees them unless ``finite`` is False.
+    """
+
+    ndims: tuple[int, ...] = (0, 1, 2)
+    streams: tuple[str, ...] = ("primary",)
+    fields: tuple[str, ...] = ()
+    shape: tuple[int, ...] | None = None
+    finite: bool = True
+
+    def describe(self) -> str:
+        """A short human description, for ``smartlab plugins list``."""
+        what = (
+            ", ".join(self.fields) if self.fields else f"{'/'.join(map(str, self.ndims))}-D fields"
+        )
+        shape = f" of shape {'x'.join(map(str, self.shape))}" if self.shape else ""
+        return f"{what}{shape} in {', '.join(self.streams)}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The trained model behind a plugin, as its model card names it."""
+
+    name: str
+    sha256: str
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What a plugin is and what it accepts; published with its results."""
+
+    name: str
+    version: str
+    accepts: DataSpec
+    summary: str = ""
+    model: ModelInfo | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class RunContext:
+    """One run as one plugin sees it.
+
+    ``state`` is private to this plugin for this run: keep per-run state there
+    (running sums, hidden states) rather than on the plugin object, so
+    overlapping runs and replays never mix.
+    """
+
+    uid: str
+    start: Mapping[str, Any]
+    descriptors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scan_id(self) -> int | None:
+        return self.start.get("scan_id")
+
+    @property
+    def motors(self) -> tuple[str, ...]:
+        """Names of the scanned motors, as the plan recorded them."""
+        return tuple(self.start.get("motors") or ())
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Consecutive events of one stream, with their data stacked on axis 0.
+
+    ``data`` holds only the fields the plugin's :class:`DataSpec` selected,
+    already read from external files where the documents referenced them;
+    ``context`` holds the stream's other scalar fields (e.g. motor positions),
+    for plugins that relate results to where they were measured.
+    """
+
+    stream: str
+    seq_num: np.ndarray
+    time: np.ndarray
+    data: Mapping[str, np.ndarray]
+    context: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seq_num)
+
+    def take(self, index: np.ndarray | slice) -> EventBatch:
+        """The events at ``index``, as a batch of their own."""
+        return EventBatch(
+            stream=self.stream,
+            seq_num=self.seq_num[index],
+            time=self.time[index],
+            data={k: v[index] for k, v in self.data.items()},
+            context={k: v[index] for k, v in self.context.items()},
+        )
+
+
+@dataclass
+class Results:
+    """Per-event results of one batch: one row per event of the batch.
+
+    ``scalars`` become columns of the stream's results table (each a 1-D array
+    with one value per event); ``arrays`` are published as array nodes (each
+    with one leading entry per event). ``dims`` optionally names the
+    dimensions of an array after the event axis.
+    """
+
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@hookspec
+def smartlab_describe() -> PluginInfo:
+    """Describe this plugin: name, version, accepted data, model and device.
+
+    Called once when the plugin is registered, and by ``smartlab plugins
+    list``. ``name`` must equal the plugin's entry-point name. Every plugin
+    must implement this hook.
+    """
+
+
+@hookspec
+def smartlab_start_run(run: RunContext) -> None:
+    """Prepare for a new run (load a model, reset state in ``run.state``).
+
+    Called at the run's start document, before any of its events. ``run.start``
+    is the start document; ``run.descriptors`` fills in as streams open. The
+    return value is ignored.
+    """
+
+
+@hookspec
+def smartlab_analyze(run: RunContext, stream: str, batch: EventBatch) -> Results | None:
+    """Analyse a batch of events from one stream of a running scan.
+
+    Called on the analysis worker, never on the RunEngine thread, with events
+    in order. ``batch`` holds the fields this plugin's ``DataSpec`` selected,
+    stacked on axis 0; ``run.descriptors[stream]`` describes them. Return
+    :class:`Results` with one entry per event of the batch, or None if this
+    plugin has nothing to say about ``stream``. Raise on bad input with a
+    message that names the field and what was expected: the error is recorded
+    against the events of this batch and the scan goes on.
+    """
+
+
+@hookspec
+def smartlab_finish_run(run: RunContext, stop: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Summarise a finished run.
+
+    Called at the run's stop document, after its last batch. Return a dict of
+    JSON-serialisable run-level results (numbers, strings, lists), published
+    as the ``summary`` of this plugin's results for the run, or None.
+    """

@@ -1,0 +1,1 @@
+"""Built-in analysis plugins, one module per plugin."""

@@ -1,0 +1,498 @@
+"""The analysis worker: batches through plugins, each plugin's faults its own.
+
+The worker receives shipments of documents (from the RunEngine-side callback,
+or from a stored run when replaying), assembles them into batches, gives each
+enabled plugin the fields its ``DataSpec`` selects, and hands the results to
+the publisher. A plugin that raises is recorded against the events it failed
+on and, after ``max_failures`` failures in one run, disabled for that run;
+the other plugins and the scan carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
+from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
+from smartlab_plugins.manager import PluginManager, UnknownPluginError
+from smartlab_plugins.publish import ErrorRecord, Publisher
+
+logger = logging.getLogger(__name__)
+
+START_KEY = "smartlab"
+RESERVED_COLUMNS = frozenset({"seq_num", "time"})
+NUMERIC_KINDS = frozenset("biuf")
+
+
+@dataclass
+class Shipment:
+    """Documents sent to the worker in one go, and the RunEngine side's drop counts."""
+
+    docs: list[tuple[str, Any]]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Analysis:
+    """One plugin's work on one run."""
+
+    plugin: str
+    info: PluginInfo
+    context: RunContext
+    key: str
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    events: int = 0
+    failures: int = 0
+    errors: int = 0
+    disabled: bool = False
+
+
+@dataclass
+class _Run:
+    uid: str
+    analyses: list[_Analysis]
+    started: float = field(default_factory=time.monotonic)
+    problems: int = 0
+    dropped: int = 0
+
+
+class Worker:
+    """Run the enabled plugins over the documents of live or stored runs."""
+
+    def __init__(
+        self,
+        plugins: PluginManager,
+        publisher: Publisher,
+        enabled: Iterable[str] | None = None,
+        max_batch: int = 256,
+        max_failures: int = 3,
+        mode: str = "live",
+        annotations: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.plugins = plugins
+        self.publisher = publisher
+        self.enabled: list[str] = (
+            plugins.resolve(enabled) if enabled is not None else plugins.names()
+        )
+        self.max_failures = max_failures
+        self.mode = mode
+        self.annotations = dict(annotations or {})
+        self._assembler = BatchAssembler(self, max_batch=max_batch)
+        self._runs: dict[str, _Run] = {}
+        self._dropped: dict[str, int] = {}
+        self.summaries: list[dict[str, Any]] = []
+
+    # -- input -------------------------------------------------------------
+
+    def process(self, shipment: Shipment) -> None:
+        """Take a shipment of documents; analyse what is complete."""
+        self._dropped.update(shipment.dropped)
+        for name, doc in shipment.docs:
+            self._assembler(name, doc)
+        self._assembler.flush()
+
+    def enable(self, name: str) -> None:
+        name = self.plugins.resolve([name])[0]
+        if name not in self.enabled:
+            self.enabled.append(name)
+
+    def disable(self, name: str) -> None:
+        name = self.plugins.resolve([name])[0]
+        if name in self.enabled:
+            self.enabled.remove(name)
+
+    def close(self) -> None:
+        """Mark runs still open as interrupted; the publisher is closed by its owner."""
+        for run in list(self._runs.values()):
+            for analysis in run.analyses:
+                self.publisher.close_analysis(
+                    analysis.key, self._closing_metadata(run, analysis, "interrupted")
+                )
+            logger.warning(
+                "run %s: closed before its stop document; results marked interrupted", run.uid[:8]
+            )
+        self._runs.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "open_runs": list(self._runs),
+            "enabled": list(self.enabled),
+            "publisher": self.publisher.stats(),
+        }
+
+    # -- BatchSink ---------------------------------------------------------
+
+    def open_run(self, start: Mapping[str, Any]) -> None:
+        uid = start["uid"]
+        names = self._plugins_for_run(start)
+        analyses = []
+        for name in names:
+            info = self.plugins.info(name)
+            context = RunContext(uid=uid, start=start)
+            metadata = {
+                **self.annotations,
+                "run_uid": uid,
+                "scan_id": start.get("scan_id"),
+                "plan_name": start.get("plan_name"),
+                "plugin": name,
+                "plugin_version": info.version,
+                "model": info.model.name if info.model else None,
+                "sha256": info.model.sha256 if info.model else None,
+                "device": info.device,
+                "accepts": info.accepts.describe(),
+                "mode": self.mode,
+                "status": "running",
+                "started": time.time(),
+            }
+            key = self.publisher.open_analysis(metadata)
+            analyses.append(_Analysis(name, info, context, key))
+        run = _Run(uid, analyses)
+        self._runs[uid] = run
+        for analysis in analyses:
+            self._call(run, analysis, "smartlab_start_run", stage="start_run", run=analysis.context)
+        logger.info("run %s: analysing with %s", uid[:8], ", ".join(names) or "no plugins")
+
+    def open_stream(self, run_uid: str, descriptor: Mapping[str, Any]) -> None:
+        run = self._runs[run_uid]
+        stream = descriptor.get("name", "primary")
+        for analysis in run.analyses:
+            analysis.context.descriptors[stream] = descriptor
+            selected, problems = select_fields(analysis.info.accepts, stream, descriptor)
+            analysis.fields[stream] = selected
+            for problem in problems:
+                self._record(run, analysis, "input", problem, stream=stream)
+
+    def add_batch(self, run_uid: str, raw: RawBatch) -> None:
+        run = self._runs[run_uid]
+        for analysis in run.analyses:
+            names = analysis.fields.get(raw.stream)
+            if analysis.disabled or not names:
+                continue
+            batch = self._checked_batch(run, analysis, raw, names)
+            if batch is not None and len(batch):
+                self._analyze(run, analysis, batch)
+
+    def close_run(self, stop: Mapping[str, Any]) -> None:
+        run = self._runs.pop(stop["run_start"], None)
+        if run is None:
+            return
+        run.dropped = self._dropped.pop(run.uid, 0)
+        status_of_run = stop.get("exit_status", "success")
+        for analysis in run.analyses:
+            summary = None
+            if not analysis.disabled:
+                summary = self._call(
+                    run,
+                    analysis,
+                    "smartlab_finish_run",
+                    stage="finish_run",
+                    run=analysis.context,
+                    stop=stop,
+                )
+            status = "disabled" if analysis.disabled else "complete"
+            metadata = self._closing_metadata(run, analysis, status)
+            metadata["run_exit_status"] = status_of_run
+            if summary is not None:
+                metadata["summary"] = summary
+            self.publisher.close_analysis(analysis.key, metadata)
+        summary = {
+            "run_uid": run.uid,
+            "exit_status": status_of_run,
+            "dropped": run.dropped,
+            "rejected_documents": run.problems,
+            "plugins": {
+                a.plugin: {
+                    "key": a.key,
+                    "events": a.events,
+                    "errors": a.errors,
+                    "disabled": a.disabled,
+                }
+                for a in run.analyses
+            },
+        }
+        self.summaries.append(summary)
+        _log_run_summary(summary)
+
+    def reject(self, problem: DocumentProblem) -> None:
+        run = self._runs.get(problem.run_uid) if problem.run_uid else None
+        if run is None:
+            logger.error("%s", problem)
+            return
+        run.problems += 1
+        logger.error("run %s: %s", run.uid[:8], problem)
+        for analysis in run.analyses:
+            record = ErrorRecord(
+                plugin=analysis.plugin,
+                stage="input",
+                stream=problem.stream or "",
+                seq_num=problem.seq_num if problem.seq_num is not None else -1,
+                error="DocumentProblem",
+                message=str(problem),
+            )
+            analysis.errors += 1
+            self.publisher.record_errors(analysis.key, [record])
+
+    # -- internals ---------------------------------------------------------
+
+    def _plugins_for_run(self, start: Mapping[str, Any]) -> list[str]:
+        """The session's enabled plugins, narrowed by the start document's ``smartlab`` key.
+
+        ``smartlab: {"plugins": [...]}`` names exactly the plugins to run,
+        ``smartlab: {"disable": [...]}`` removes some, ``smartlab: False`` runs none.
+        """
+        request = start.get(START_KEY)
+        names = list(self.enabled)
+        if request is None or request is True:
+            return names
+        if request is False:
+            return []
+        if not isinstance(request, Mapping):
+            logger.error(
+                "run %s: ignoring start['%s']=%r: expected a dict",
+                start["uid"][:8],
+                START_KEY,
+                request,
+            )
+            return names
+        chosen, unknown = [], []
+        for name in request.get("plugins", names):
+            (chosen if name in self.plugins.names() else unknown).append(name)
+        for name in unknown:
+            logger.error(
+                "run %s: %s", start["uid"][:8], UnknownPluginError(name, self.plugins.names())
+            )
+        disabled = set(request.get("disable", ()))
+        return [name for name in chosen if name not in disabled]
+
+    def _checked_batch(
+        self, run: _Run, analysis: _Analysis, raw: RawBatch, names: list[str]
+    ) -> EventBatch | None:
+        """The plugin's view of ``raw``, without the events its spec refuses."""
+        spec = analysis.info.accepts
+        keep = np.ones(len(raw), dtype=bool)
+        for name in names:
+            values = raw.data[name]
+            if values.dtype.kind not in NUMERIC_KINDS:
+                self._record(
+                    run,
+                    analysis,
+                    "input",
+                    f"field {name!r} is not numeric (dtype {values.dtype})",
+                    stream=raw.stream,
+                )
+                return None
+            if spec.finite:
+                flat = values.reshape(len(values), -1)
+                bad = ~np.isfinite(flat).all(axis=1)
+                for i in np.flatnonzero(bad & keep):
+                    count = int((~np.isfinite(flat[i])).sum())
+                    self._record(
+                        run,
+                        analysis,
+                        "input",
+                        f"field {name!r} has {count} NaN/inf value(s)",
+                        stream=raw.stream,
+                        seq_num=int(raw.seq_num[i]),
+                    )
+                keep &= ~bad
+        context = {
+            k: v
+            for k, v in raw.data.items()
+            if k not in names and v.ndim == 1 and v.dtype.kind in NUMERIC_KINDS
+        }
+        batch = EventBatch(
+            raw.stream, raw.seq_num, raw.time, {n: raw.data[n] for n in names}, context
+        )
+        return batch if keep.all() else batch.take(keep)
+
+    def _analyze(self, run: _Run, analysis: _Analysis, batch: EventBatch) -> None:
+        try:
+            results = self.plugins.call(
+                "smartlab_analyze",
+                analysis.plugin,
+                run=analysis.context,
+                stream=batch.stream,
+                batch=batch,
+            )
+            if results is not None:
+                check_results(results, len(batch))
+        except Exception as exc:
+            if len(batch) > 1:  # find the events that fail; publish the others
+                for i in range(len(batch)):
+                    if analysis.disabled:
+                        return
+                    self._analyze(run, analysis, batch.take(slice(i, i + 1)))
+                return
+            self._failed(
+                run, analysis, "analyze", exc, stream=batch.stream, seq_num=int(batch.seq_num[0])
+            )
+            return
+        analysis.events += len(batch)
+        if results is None or not (results.scalars or results.arrays):
+            return
+        self.publisher.append(analysis.key, batch.stream, batch.seq_num, batch.time, results)
+
+    def _call(self, owner: _Run, analysis: _Analysis, hook: str, stage: str, **kwargs: Any) -> Any:
+        """Call one plugin's hook; a failure is recorded and returns None."""
+        try:
+            return self.plugins.call(hook, analysis.plugin, **kwargs)
+        except Exception as exc:
+            self._failed(owner, analysis, stage, exc)
+            return None
+
+    def _failed(
+        self,
+        run: _Run,
+        analysis: _Analysis,
+        stage: str,
+        exc: Exception,
+        stream: str = "",
+        seq_num: int = -1,
+    ) -> None:
+        analysis.failures += 1
+        where = f" on event {seq_num} of stream {stream!r}" if seq_num >= 0 else ""
+        logger.error(
+            "run %s plugin %s: %s failed%s: %s: %s",
+            run.uid[:8],
+            analysis.plugin,
+            stage,
+            where,
+            type(exc).__name__,
+            exc,
+        )
+        record = ErrorRecord(
+            plugin=analysis.plugin,
+            stage=stage,
+            stream=stream,
+            seq_num=seq_num,
+            error=type(exc).__name__,
+            message=str(exc),
+            traceback=_traceback_summary(exc),
+        )
+        analysis.errors += 1
+        self.publisher.record_errors(analysis.key, [record])
+        if analysis.failures >= self.max_failures and not analysis.disabled:
+            analysis.disabled = True
+            message = f"disabled for this run after {analysis.failures} failures"
+            logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+            self._record(run, analysis, "disabled", message)
+
+    def _record(
+        self,
+        run: _Run,
+        analysis: _Analysis,
+        stage: str,
+        message: str,
+        stream: str = "",
+        seq_num: int = -1,
+    ) -> None:
+        if stage == "input":
+            logger.error(
+                "run %s plugin %s: %s%s",
+                run.uid[:8],
+                analysis.plugin,
+                message,
+                f" (event {seq_num})" if seq_num >= 0 else "",
+            )
+        analysis.errors += 1
+        self.publisher.record_errors(
+            analysis.key,
+            [
+                ErrorRecord(
+                    plugin=analysis.plugin,
+                    stage=stage,
+                    stream=stream,
+                    seq_num=seq_num,
+                    error="InputError" if stage == "input" else "PluginDisabled",
+                    message=message,
+                )
+            ],
+        )
+
+    def _closing_metadata(self, run: _Run, analysis: _Analysis, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "finished": time.time(),
+            "events": analysis.events,
+            "errors": analysis.errors,
+            "dropped": run.dropped,
+            "streams": sorted(analysis.context.descriptors),
+        }
+
+
+def select_fields(
+    spec: DataSpec, stream: str, descriptor: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The fields of ``descriptor`` a plugin with ``spec`` reads, and problems found.
+
+    Named fields that exist with the wrong shape or dtype are problems; for
+    unnamed selection, fields that do not fit are simply not selected.
+    """
+    if stream not in spec.streams:
+        return [], []
+    data_keys = descriptor.get("data_keys", {})
+    selected, problems = [], []
+    candidates = spec.fields or tuple(data_keys)
+    for name in candidates:
+        key = data_keys.get(name)
+        if key is None:
+            continue
+        shape = tuple(key.get("shape") or ())
+        numeric = key.get("dtype") in ("number", "integer", "array")
+        fits = len(shape) in spec.ndims and (spec.shape is None or shape == tuple(spec.shape))
+        if numeric and fits:
+            selected.append(name)
+        elif spec.fields:
+            wanted = f"shape {tuple(spec.shape)}" if spec.shape else f"{spec.ndims}-D"
+            problems.append(
+                f"field {name!r} has shape {shape} and dtype {key.get('dtype')!r}; "
+                f"expected {wanted} numeric data"
+            )
+    return selected, problems
+
+
+def check_results(results: Results, n: int) -> None:
+    """Raise ValueError unless ``results`` has one entry per event of an ``n``-event batch."""
+    if not isinstance(results, Results):
+        raise TypeError(
+            f"smartlab_analyze must return Results or None, got {type(results).__name__}"
+        )
+    for kind, values in (("scalar", results.scalars), ("array", results.arrays)):
+        for name, value in values.items():
+            if name in RESERVED_COLUMNS:
+                raise ValueError(f"result name {name!r} is reserved")
+            length = len(value) if np.ndim(value) else 0
+            if length != n:
+                raise ValueError(
+                    f"{kind} result {name!r} has {length} entries for a batch of {n} events"
+                )
+
+
+def _traceback_summary(exc: BaseException, limit: int = 3) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)[-limit:]
+    return " | ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
+
+
+def _log_run_summary(summary: Mapping[str, Any]) -> None:
+    parts = [
+        f"{name}: {p['events']} events, {p['errors']} errors"
+        + (" (disabled)" if p["disabled"] else "")
+        for name, p in summary["plugins"].items()
+    ]
+    level = logging.WARNING if summary["dropped"] or summary["rejected_documents"] else logging.INFO
+    logger.log(
+        level,
+        "run %s finished (%s): %s; %d documents dropped, %d rejected",
+        summary["run_uid"][:8],
+        summary["exit_status"],
+        "; ".join(parts) or "no plugins",
+        summary["dropped"],
+        summary["rejected_documents"],
+    )
