@@ -16,15 +16,16 @@ consolidators then read the referenced files.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any, Protocol
 
 import jsonschema
 import numpy as np
 from bluesky_tiled_plugins.writing.consolidators import ConsolidatorBase, consolidator_factory
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
-from event_model import DocumentNames, DocumentRouter
+from event_model import DocumentNames, DocumentRouter, schema_validators
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,15 @@ class BatchSink(Protocol):
 class BatchAssembler:
     """Route documents to per-run assemblers; report every bad document."""
 
-    def __init__(self, sink: BatchSink, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        sink: BatchSink,
+        max_batch: int = 256,
+        on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        """``on_normalized``, if given, also gets every normalized document (e.g. a TiledWriter)."""
         self._sink = sink
+        self._on_normalized = on_normalized
         self._max_batch = max_batch
         self._runs: dict[str, _RunAssembler] = {}
         self._normalizers: dict[str, RunNormalizer] = {}
@@ -111,6 +119,8 @@ class BatchAssembler:
             self._sink.reject(rejected.problem)
         except jsonschema.ValidationError as exc:
             self._sink.reject(self._problem(name, doc, f"invalid document: {_schema_message(exc)}"))
+        except _InvalidEvent as exc:
+            self._sink.reject(self._problem(name, doc, f"invalid document: {exc}"))
         except Exception as exc:  # anything else a malformed document can provoke
             reason = f"{type(exc).__name__}: {exc}"
             self._sink.reject(self._problem(name, doc, reason))
@@ -132,6 +142,10 @@ class BatchAssembler:
         missing = [key for key in ROUTING_KEYS.get(name, ()) if key not in doc]
         if missing:
             raise _Rejected(DocumentProblem(name, f"missing required key(s) {missing}"))
+        if name == "event":
+            _check_event(doc)
+        else:
+            schema_validators[DocumentNames[name]].validate(doc)
         if name == "start":
             self._open(doc)
             return
@@ -147,7 +161,9 @@ class BatchAssembler:
         if uid in self._runs:
             raise _Rejected(DocumentProblem("start", "a run with this uid is already open", uid))
         run = _RunAssembler(uid, self._sink, self._max_batch)
-        normalizer = RunNormalizer()
+        normalizer = _Normalizer()
+        if self._on_normalized is not None:  # first, so it gets documents the run refuses too
+            normalizer.subscribe(self._on_normalized)
         normalizer.subscribe(run)
         self._runs[uid] = run
         self._normalizers[uid] = normalizer
@@ -187,6 +203,46 @@ class BatchAssembler:
             if run is not None and owner in run.streams:
                 stream = run.streams[owner]
         return DocumentProblem(str(name), reason, run_uid, stream, seq_num)
+
+
+class _Normalizer(RunNormalizer):
+    """``RunNormalizer`` that does not validate events a second time.
+
+    jsonschema validation was most of the worker's time per event; events are
+    checked once, cheaply, by :func:`_check_event` before they get here, and
+    every other document is still validated here.
+    """
+
+    def emit(self, name, doc):
+        if name == DocumentNames.event:
+            self.dispatcher.process(name, doc)
+        else:
+            super().emit(name, doc)
+
+
+#: The event schema's required keys and their types, checked without jsonschema.
+EVENT_KEYS: Mapping[str, tuple[type, str]] = {
+    "uid": (str, "a string"),
+    "descriptor": (str, "a string"),
+    "seq_num": (Integral, "an integer"),
+    "time": (Real, "a number"),
+    "data": (Mapping, "an object"),
+    "timestamps": (Mapping, "an object"),
+}
+
+
+class _InvalidEvent(ValueError):
+    """An event that lacks a required key or has one of the wrong type."""
+
+
+def _check_event(doc: Mapping[str, Any]) -> None:
+    """Raise _InvalidEvent unless ``doc`` has the event schema's required keys and types."""
+    for key, (kind, described) in EVENT_KEYS.items():
+        if key not in doc:
+            raise _InvalidEvent(f"'{key}' is a required property")
+        value = doc[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _InvalidEvent(f"'{key}' must be {described}, got {type(value).__name__}")
 
 
 class _Rejected(Exception):

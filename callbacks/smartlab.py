@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from smartlab_plugins import settings
+from smartlab_plugins.connection import connect
 from smartlab_plugins.manager import PluginManager, plugin_reference
 from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
 from smartlab_plugins.worker import Shipment
@@ -31,38 +32,6 @@ logger = logging.getLogger(__name__)
 #: Documents that are never dropped: losing one would lose a whole run or stream.
 ESSENTIAL = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
 ISOLATIONS = {"process": ProcessHost, "thread": ThreadHost}
-
-
-class TiledUnavailableError(ConnectionError):
-    """No usable Tiled server: none configured, unreachable, or the key is refused."""
-
-
-def connect(tiled_uri: str | None, api_key: str | None):
-    """A Tiled client of ``tiled_uri``, or a TiledUnavailableError saying what to do."""
-    import httpx
-    from tiled.client import from_uri
-
-    start_hint = (
-        "Start one with `smartlab serve` (it prints the URI and the API key), then set "
-        "SMARTLAB_TILED_URI and SMARTLAB_API_KEY, or pass tiled_uri= and api_key=."
-    )
-    if not tiled_uri:
-        raise TiledUnavailableError(f"SmartLab needs a Tiled server to publish to. {start_hint}")
-    try:
-        return from_uri(tiled_uri, api_key=api_key)
-    except httpx.ConnectError as exc:
-        raise TiledUnavailableError(
-            f"could not reach a Tiled server at {tiled_uri} ({exc}). {start_hint}"
-        ) from None
-    except Exception as exc:
-        text = str(exc)
-        if "401" in text or "API key" in text or "authentication" in text:
-            raise TiledUnavailableError(
-                f"the Tiled server at {tiled_uri} refused access ({text.splitlines()[0]}): set "
-                "SMARTLAB_API_KEY (or pass api_key=) to the key `smartlab serve` printed or stored "
-                "in its data folder"
-            ) from None
-        raise
 
 
 class SmartLab:
@@ -107,7 +76,7 @@ class SmartLab:
         max_pending: int = 10_000,
         max_batch: int = 256,
         max_failures: int = 3,
-        linger: float = 0.01,
+        linger: float = 0.02,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")

@@ -4,7 +4,9 @@
 analysis plugins and publishes their results to Tiled while the scan runs.
 """
 
-from smartlab_plugins.callbacks.smartlab import SmartLab, TiledUnavailableError
+from typing import TYPE_CHECKING, Any
+
+from smartlab_plugins.connection import TiledUnavailableError
 from smartlab_plugins.hookspecs import (
     DataSpec,
     EventBatch,
@@ -16,7 +18,21 @@ from smartlab_plugins.hookspecs import (
 )
 from smartlab_plugins.manager import PluginManager, UnknownPluginError
 
+if TYPE_CHECKING:
+    from smartlab_plugins.callbacks.smartlab import SmartLab
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # SmartLab pulls in bluesky, tiled and pandas: import it on first use only,
+    # so that `smartlab --help` and `import smartlab_plugins.hookspecs` stay fast.
+    if name == "SmartLab":
+        from smartlab_plugins.callbacks.smartlab import SmartLab
+
+        return SmartLab
+    raise AttributeError(f"module 'smartlab_plugins' has no attribute {name!r}")
+
 
 __all__ = [
     "DataSpec",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from smartlab_plugins import settings
+
+PROFILE_NAME = "smartlab"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,22 +19,188 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from smartlab_plugins.demo import run_demo
+
+    run_demo(tiled_uri=args.tiled, data_dir=args.data_dir, points=args.points)
+    return 0
+
+
+def _plugins_list(args: argparse.Namespace) -> int:
+    from smartlab_plugins.manager import PluginManager
+
+    manager = PluginManager()
+    rows = [("NAME", "VERSION", "SOURCE", "ACCEPTS", "MODEL", "DEVICE")]
+    for name in manager.names():
+        info = manager.info(name)
+        model = f"{info.model.name} ({info.model.sha256[:12]})" if info.model else "-"
+        rows.append(
+            (name, info.version, manager.source(name), info.accepts.describe(), model, info.device)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from smartlab_plugins.replay import replay
+
+    uri = args.tiled or settings.tiled_uri()
+    summaries = replay(args.run_uid, uri, settings.api_key(), plugins=args.plugins, progress=True)
+    for summary in summaries:
+        for name, result in summary["plugins"].items():
+            print(
+                f"{name}: {result['events']} events, {result['errors']} errors; "
+                f"results in smartlab/{result['key']}"
+            )
+    return 0
+
+
+def install_profile(ipython_dir: Path | None = None) -> Path:
+    """Copy SmartLab's IPython profile into the IPython directory; return the profile folder."""
+    import shutil
+    from importlib.resources import files
+
+    from IPython.paths import get_ipython_dir
+
+    source = files("smartlab_plugins.profiles") / f"profile_{PROFILE_NAME}"
+    target = Path(ipython_dir or get_ipython_dir()) / f"profile_{PROFILE_NAME}"
+    (target / "startup").mkdir(parents=True, exist_ok=True)
+    for item in (source / "startup").iterdir():
+        if item.name.endswith(".py"):
+            shutil.copyfile(str(item), target / "startup" / item.name)
+    return target
+
+
+def _install_profile(args: argparse.Namespace) -> int:
+    print(f"Installed the SmartLab IPython profile in {install_profile(args.ipython_dir)}")
+    return 0
+
+
+def _ipython(args: argparse.Namespace) -> int:
+    profile = install_profile(args.ipython_dir)
+    extra = [a for a in args.ipython_args if a != "--"]
+    command = [
+        sys.executable,
+        "-m",
+        "IPython",
+        f"--profile-dir={profile}",
+        "--no-banner",
+        *extra,
+    ]
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smartlab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="smartlab",
+        description="Live machine-learning analysis of Bluesky scans, published to Tiled.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the embedded, writable Tiled server")
-    serve.add_argument("--data-dir", type=Path, default=settings.default_data_dir())
-    serve.add_argument("--host", default=settings.DEFAULT_HOST)
-    serve.add_argument("--port", type=int, default=settings.DEFAULT_PORT)
-    serve.add_argument("--public", action="store_true")
+    serve = commands.add_parser(
+        "serve",
+        help="run the embedded, writable Tiled server",
+        description="Run a writable Tiled server (SQLite catalog, files in the data folder) that "
+        "requires an API key: SMARTLAB_API_KEY if set, else a key generated on first start and "
+        "stored in the data folder (mode 0600).",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=settings.default_data_dir(),
+        help="catalog, files and key (default: %(default)s; env SMARTLAB_DATA_DIR)",
+    )
+    serve.add_argument("--host", default=settings.DEFAULT_HOST, help="default: %(default)s")
+    serve.add_argument(
+        "--port", type=int, default=settings.DEFAULT_PORT, help="default: %(default)s"
+    )
+    serve.add_argument(
+        "--public",
+        action="store_true",
+        help="let anyone read without a key (writing still needs it)",
+    )
     serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a simulated scan with live analysis and print the results",
+        description="Scan a simulated beam monitor with peak_stats live, read the results back "
+        "from Tiled and print them with the snippet to query them.",
+    )
+    demo.add_argument(
+        "--tiled",
+        metavar="URI",
+        help="publish to this server (default: SMARTLAB_TILED_URI, else start the embedded one)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"data folder of the embedded server (default: {settings.default_data_dir()})",
+    )
+    demo.add_argument("--points", type=int, default=41, help="scan points (default: %(default)s)")
+    demo.set_defaults(func=_demo)
+
+    plugins = commands.add_parser("plugins", help="inspect analysis plugins")
+    plugin_commands = plugins.add_subparsers(
+        dest="plugins_command", required=True, metavar="COMMAND"
+    )
+    plugins_list = plugin_commands.add_parser(
+        "list", help="list installed plugins: name, version, source, accepted data, model, device"
+    )
+    plugins_list.set_defaults(func=_plugins_list)
+
+    replay = commands.add_parser(
+        "replay",
+        help="re-run the plugins over a run stored in Tiled",
+        description="Read a stored run back from Tiled, analyse it again and publish the new "
+        "results beside the old ones (metadata mode: replay).",
+    )
+    replay.add_argument("run_uid", metavar="RUN_UID")
+    replay.add_argument("--tiled", metavar="URI", help="default: SMARTLAB_TILED_URI")
+    replay.add_argument(
+        "--plugins", nargs="+", metavar="NAME", help="only these plugins (default: all)"
+    )
+    replay.set_defaults(func=_replay)
+
+    ipython = commands.add_parser(
+        "ipython",
+        help="open a Bluesky IPython session with SmartLab subscribed",
+        description="Install SmartLab's IPython profile and start IPython with it; extra "
+        "arguments go to IPython (e.g. smartlab ipython -- -c 'RE(bp.count([det]))').",
+    )
+    ipython.add_argument("--ipython-dir", type=Path, default=None, help="default: IPython's own")
+    ipython.add_argument("ipython_args", nargs=argparse.REMAINDER)
+    ipython.set_defaults(func=_ipython)
+
+    install = commands.add_parser("install-profile", help="install the IPython profile only")
+    install.add_argument("--ipython-dir", type=Path, default=None, help="default: IPython's own")
+    install.set_defaults(func=_install_profile)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from smartlab_plugins.connection import TiledUnavailableError
+    from smartlab_plugins.manager import UnknownPluginError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (
+        TiledUnavailableError,
+        UnknownPluginError,
+        KeyError,
+        settings.ConfigurationError,
+    ) as exc:
+        print(f"smartlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

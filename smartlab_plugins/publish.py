@@ -292,7 +292,9 @@ class RawRunWriter:
 
     ``TiledWriter`` inline on the RunEngine thread costs about 40% of a fast
     scan; here it runs beside the analysis, off the RunEngine's process by
-    default. A failure is logged once per run and never stops the analysis.
+    default. It receives documents already normalized by the batch
+    assembler's ``RunNormalizer`` (so they are normalized and validated once,
+    not twice). Failures are logged, rate-limited, and never stop the analysis.
     """
 
     def __init__(self, client_factory: Callable[[], Any], max_pending: int = 1_000_000) -> None:
@@ -333,7 +335,7 @@ class RawRunWriter:
                 return
             try:
                 if writer is None:
-                    writer = TiledWriter(self._client_factory())
+                    writer = TiledWriter(self._client_factory(), normalizer=None)
                 writer(name, doc)
             except Exception as exc:
                 self._failed(name, exc)

@@ -57,7 +57,7 @@ class WorkerConfig:
     annotations: dict[str, Any] = field(default_factory=dict)
 
 
-class _Session:
+class Session:
     """A worker with its publisher and raw writer, built from a config."""
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -79,13 +79,11 @@ class _Session:
             max_failures=config.max_failures,
             mode=config.mode,
             annotations=config.annotations,
+            on_normalized=self.raw.put if self.raw is not None else None,
         )
 
     def ship(self, shipment: Shipment) -> list[dict[str, Any]]:
         """Analyse a shipment; the summaries of the runs it finished."""
-        if self.raw is not None:
-            for name, doc in shipment.docs:
-                self.raw.put(name, doc)
         before = len(self.worker.summaries)
         self.worker.process(shipment)
         return self.worker.summaries[before:]
@@ -107,7 +105,7 @@ class _Session:
 def serve(recv: Callable[[], tuple], send: Callable[[tuple], None], config: WorkerConfig) -> None:
     """The worker's loop: build it, then answer messages until ``close``."""
     try:
-        session = _Session(config)
+        session = Session(config)
     except Exception as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -134,7 +132,7 @@ def serve(recv: Callable[[], tuple], send: Callable[[tuple], None], config: Work
             send(("reply", exc))
 
 
-def _control(session: _Session, kind: str, payload: Any) -> Any:
+def _control(session: Session, kind: str, payload: Any) -> Any:
     worker = session.worker
     if kind == "enable":
         return worker.enable(payload)
@@ -289,7 +287,9 @@ class ThreadHost(WorkerHost):
     """The worker in a thread of this process (replays, tests, unpicklable plugins)."""
 
     def _start(self) -> None:
-        self._inbox: queue.Queue = queue.Queue()
+        # Bounded like the process host's pipe: a busy worker makes the feeder wait,
+        # so the backlog stays in SmartLab's bounded deque, where drops are counted.
+        self._inbox: queue.Queue = queue.Queue(maxsize=2)
         self._outbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(
             target=serve,

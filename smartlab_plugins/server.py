@@ -61,7 +61,23 @@ def build_app(data_dir: Path, api_key: str, public: bool = False):
         init_if_not_exists=True,
     )
     auth = Authentication(allow_anonymous_access=public, single_user_api_key=api_key)
-    return tiled_build_app(tree, auth)
+    return tiled_build_app(tree, auth, serialization_registry=_serializers())
+
+
+def _serializers():
+    """Tiled's serializers plus bluesky-tiled-plugins' document export of runs.
+
+    ``BlueskyRun.documents()`` (used by ``smartlab replay``) asks the server
+    for the run as a JSON sequence of documents, which needs this exporter.
+    """
+    import copy
+
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return registry
 
 
 def serve(

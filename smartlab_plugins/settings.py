@@ -24,6 +24,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
+class ConfigurationError(ValueError):
+    """A setting (environment variable or argument) SmartLab cannot use, and why."""
+
+
 def default_data_dir() -> Path:
     """The data folder of the embedded server, from the environment or XDG."""
     if explicit := os.environ.get("SMARTLAB_DATA_DIR"):
@@ -59,6 +63,11 @@ def server_api_key(data_dir: Path) -> tuple[str, bool]:
     user-only permissions (0600).
     """
     if explicit := os.environ.get("SMARTLAB_API_KEY"):
+        if not explicit.isalnum():
+            raise ConfigurationError(
+                "SMARTLAB_API_KEY must contain only letters and digits (Tiled refuses others); "
+                'make one with: python -c "import secrets; print(secrets.token_hex(24))"'
+            )
         return explicit, False
     if stored := stored_api_key(data_dir):
         return stored, False

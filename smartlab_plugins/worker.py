@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ class Worker:
         max_failures: int = 3,
         mode: str = "live",
         annotations: Mapping[str, Any] | None = None,
+        on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> None:
         self.plugins = plugins
         self.publisher = publisher
@@ -84,7 +85,7 @@ class Worker:
         self.max_failures = max_failures
         self.mode = mode
         self.annotations = dict(annotations or {})
-        self._assembler = BatchAssembler(self, max_batch=max_batch)
+        self._assembler = BatchAssembler(self, max_batch=max_batch, on_normalized=on_normalized)
         self._runs: dict[str, _Run] = {}
         self._dropped: dict[str, int] = {}
         self.summaries: list[dict[str, Any]] = []

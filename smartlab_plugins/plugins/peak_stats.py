@@ -10,9 +10,11 @@ rows then columns for images)::
                                                peak does not fall below half on both sides)
     <field>_sum                                integrated intensity
 
-Weights are the values above the profile's minimum, so a flat background
-does not pull the centroid. Images are reduced to their row and column
-projections for the widths. For a Gaussian, sigma = FWHM / 2.3548.
+Centroid, sigma and FWHM are taken above a baseline, the median of the
+frame, clipped at zero: a flat, noisy background then neither pulls the
+centroid nor widens sigma, as long as the peak covers less than half of the
+frame. Images are reduced to their row and column projections for the
+centroid and widths. For a Gaussian, sigma = FWHM / 2.3548.
 
 Per run (the summary), like bluesky's ``PeakStats`` but published: for each
 scalar detector field and each field's integrated intensity, the peak across
@@ -97,14 +99,14 @@ def profile_stats(profiles: np.ndarray) -> dict[str, np.ndarray]:
     """Statistics of each row of ``profiles`` (events x points), positions in points."""
     profiles = np.asarray(profiles, dtype=float)
     positions = np.arange(profiles.shape[1], dtype=float)
-    weights = profiles - profiles.min(axis=1, keepdims=True)
+    weights = np.clip(profiles - np.median(profiles, axis=1, keepdims=True), 0.0, None)
     centroid, sigma = _moments(positions, weights)
     return {
         "max": profiles.max(axis=1),
         "argmax": profiles.argmax(axis=1).astype(float),
         "centroid": centroid,
         "sigma": sigma,
-        "fwhm": np.array([fwhm(positions, row) for row in profiles]),
+        "fwhm": np.array([fwhm(positions, row) for row in weights]),
         "sum": profiles.sum(axis=1),
     }
 
@@ -114,7 +116,8 @@ def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
     images = np.asarray(images, dtype=float)
     n, rows, cols = images.shape
     flat_argmax = images.reshape(n, -1).argmax(axis=1)
-    weights = images - images.reshape(n, -1).min(axis=1)[:, None, None]
+    baseline = np.median(images.reshape(n, -1), axis=1)[:, None, None]
+    weights = np.clip(images - baseline, 0.0, None)
     stats = {
         "max": images.reshape(n, -1).max(axis=1),
         "argmax_row": (flat_argmax // cols).astype(float),
@@ -132,7 +135,7 @@ def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def fwhm(x: np.ndarray, y: np.ndarray) -> float:
-    """Full width at half maximum of one peak above its minimum, interpolated linearly."""
+    """Full width at half maximum of the highest peak above the minimum of ``y``, interpolated."""
     w = np.asarray(y, dtype=float) - np.min(y)
     peak = int(np.argmax(w))
     half = w[peak] / 2.0

@@ -1,0 +1,36 @@
+# SmartLab: the two commands of the README, and a few for developers.
+# Everything installs into .venv from pyproject.toml (torch pinned to the CPU build on disk).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: start the embedded Tiled server, scan with live analysis, print the results
+demo: $(STAMP)
+	$(BIN)/smartlab demo
+
+## make test: the test suite (pytest exits 5 when it collects nothing: that alone is no failure)
+test: $(STAMP)
+	@$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+
+## make bench: RunEngine slowdown with SmartLab attached, written to docs/benchmarks.md
+bench: $(STAMP)
+	$(BIN)/python benchmarks/re_overhead.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

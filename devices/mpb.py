@@ -1,0 +1,786 @@
+"""X-ray diffraction across the morphotropic phase boundary (MPB) of a PZT-like perovskite.
+
+A Pilatus-like area detector on a 2-theta arm records segments (arcs) of the
+pseudo-cubic {111}, {200} and {220} Debye-Scherrer rings of Pb(Zr1-xTix)O3.
+The phase depends on the Ti fraction ``x`` and the temperature ``T``:
+rhombohedral (R3m) on the Zr-rich side, tetragonal (P4mm) on the Ti-rich side,
+monoclinic (Cm, M_A) in a narrow band at x_MPB(T), and phase mixtures where
+the sample's composition spread straddles a phase boundary.  Each phase's
+lattice parameters give a metric tensor, the metric tensor gives the d-spacing
+of every member of a pseudo-cubic family (so the rings split as the symmetry
+demands), Bragg's law gives 2-theta, and the detector geometry maps 2-theta and
+the ring azimuth chi onto pixels.
+
+One model serves both the ophyd devices (:class:`MPBStage`,
+:class:`MPBDetector`) and the training-set generator :func:`simulate`: both call
+:func:`generate_frames`.  The docs page is ``docs/devices/mpb.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any, Final
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal, SoftPositioner
+from ophyd.status import DeviceStatus
+from ophyd.utils import LimitError
+from scipy.special import ndtr, ndtri
+from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+
+CASE: Final = "mpb"
+
+# --- labels -------------------------------------------------------------------------------
+RHOMBOHEDRAL: Final = 0
+MONOCLINIC: Final = 1
+TETRAGONAL: Final = 2
+MIXTURE: Final = 3
+PHASE_NAMES: Final = ("rhombohedral", "monoclinic", "tetragonal", "mixture")
+PURE_THRESHOLD: Final = 0.9  # a frame is labelled pure when one phase holds >= 90 %
+
+# --- reflections: one of each Friedel pair (+-hkl) of the pseudo-cubic families -----------
+REFLECTIONS: Final = np.array(
+    [
+        [1, 1, 1],
+        [1, 1, -1],
+        [1, -1, 1],
+        [-1, 1, 1],
+        [2, 0, 0],
+        [0, 2, 0],
+        [0, 0, 2],
+        [2, 2, 0],
+        [2, -2, 0],
+        [2, 0, 2],
+        [2, 0, -2],
+        [0, 2, 2],
+        [0, 2, -2],
+    ]
+)
+FAMILY_NAMES: Final = ("111", "200", "220")
+FAMILY_OF: Final = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+FAMILY_MEMBERS: Final = np.array([4, 3, 6])  # members per family (Friedel pairs merged)
+FAMILY_STRENGTH: Final = np.array([1.0, 1.6, 2.6])  # lumped |F|^2 per family (relative)
+
+# --- phase diagram ------------------------------------------------------------------------
+COMPOSITION_LIMITS: Final = (0.0, 1.0)  # Ti fraction x
+TEMPERATURE_LIMITS: Final = (100.0, 500.0)  # K: ferroelectric, above tilted (R3c/Cc) phases
+T_REF: Final = 300.0  # K
+X_MPB_REF: Final = 0.475  # x_MPB at T_REF
+MPB_SLOPE: Final = 2.5e-5  # 1/K: x_MPB moves from 0.470 (100 K) to 0.480 (500 K)
+MONOCLINIC_WIDTH: Final = 0.03  # width w of the monoclinic band in x
+COMPOSITION_SPREAD: Final = 0.004  # sigma of the local composition inside one sample
+
+# --- lattice parameters -------------------------------------------------------------------
+A_PC_0: Final = 4.115  # Angstrom, pseudo-cubic a = cube root of volume per formula unit, x=0
+A_PC_SLOPE: Final = -0.13  # Angstrom per unit x
+THERMAL_EXPANSION: Final = 6e-6  # 1/K
+TETRAGONALITY_MPB: Final = 0.02  # c/a - 1 of the tetragonal phase at the boundary (300 K)
+TETRAGONALITY_SLOPE: Final = 0.085  # growth of c/a - 1 per unit (x - x_MPB)
+SHEAR_MPB: Final = 0.30  # deg, 90 - alpha of the rhombohedral phase at the boundary (300 K)
+SHEAR_SLOPE: Final = 1.2  # deg per unit (x_MPB - x)
+STRAIN_T_SCALE: Final = 1000.0  # K: spontaneous strains scale as 1 - (T - T_REF)/STRAIN_T_SCALE
+MONO_TETRAGONALITY: Final = (0.25, 0.75)  # M c/a - 1 as fraction of boundary T value, t=0..1
+MONO_SHEAR: Final = (0.75, 0.25)  # M 90 - alpha as fraction of boundary R value, t=0..1
+MONO_GAMMA_RATIO: Final = (0.75, 0.25)  # M (90 - gamma) / (90 - alpha) = u/v of P ~ [u u v]
+
+# --- detector -----------------------------------------------------------------------------
+DETECTOR_SHAPE: Final = (97, 243)  # rows, columns: a Pilatus 100K binned 2 x 2
+BACKGROUND_DECAY: Final = 40.0  # deg: air/incoherent background ~ exp(-(2theta - arm)/40 deg)
+FRACTION_FLOOR: Final = 1e-6  # phases with a smaller fraction are not rendered
+
+
+@dataclass(frozen=True)
+class MPBConfig:
+    """Instrument and generator settings, with units; the defaults are the documented setup.
+
+    Ranges are ``(low, high)`` tuples from which :func:`simulate` draws uniformly.
+    """
+
+    x_range: tuple[float, float] = COMPOSITION_LIMITS  # Ti fraction drawn by simulate()
+    temperature_range: tuple[float, float] = TEMPERATURE_LIMITS  # K, drawn by simulate()
+    near_boundary_fraction: float = 0.0  # share of samples drawn within the band below
+    near_boundary_halfwidth: float = 0.05  # |x - x_MPB(T)| limit of the oversampled band
+    wavelength: float = 1.5406  # Angstrom (Cu K-alpha1)
+    distance: float = 130.0  # mm, sample to detector centre, along the detector normal
+    arm_two_theta: float = 53.0  # deg, 2-theta of the detector normal (detector arm)
+    pixel_size: float = 0.344  # mm (Pilatus 0.172 mm pixels binned 2 x 2)
+    beam_jitter: float = 1.5  # px, rms shift of the beam centre per frame (clipped at 3 rms)
+    caglioti_uvw: tuple[float, float, float] = (0.02, -0.005, 0.03)  # deg^2, instrumental
+    scherrer_k: float = 0.9  # Scherrer shape factor
+    crystallite_size_range: tuple[float, float] = (50.0, 200.0)  # nm
+    lorentz_fraction: float = 0.3  # pseudo-Voigt mixing (0 Gauss, 1 Lorentz)
+    texture_max: float = 0.3  # largest relative pole-density modulation along chi
+    texture_period: float = 16.0  # deg of chi, period of the texture modulation
+    count_time: float = 1.0  # s
+    flux: float = 12.0  # counts/s per pixel for unit S_f * LP * profile density (1/deg)
+    scale_range: tuple[float, float] = (0.8, 1.2)  # sample scattering power (relative)
+    background_range: tuple[float, float] = (10.0, 30.0)  # counts/s per pixel at the arm angle
+    readout_noise: float = 1.5  # counts rms, Gaussian, added after Poisson counting
+    profile_step: float = 0.02  # deg, 2-theta step of the 1-D profiles interpolated on pixels
+    chunk: int = 64  # frames rendered at once (memory vs speed); part of the random stream
+    workers: int = 2  # threads rendering chunks in parallel (results do not depend on it)
+
+    def __post_init__(self) -> None:
+        _check_range("x_range", self.x_range, COMPOSITION_LIMITS)
+        _check_range("temperature_range", self.temperature_range, TEMPERATURE_LIMITS)
+        if not 0.0 <= self.near_boundary_fraction <= 1.0:
+            raise ValueError(
+                f"near_boundary_fraction={self.near_boundary_fraction} must be in [0, 1]"
+            )
+        for name in ("wavelength", "distance", "pixel_size", "count_time", "flux"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        if self.chunk < 1 or self.workers < 1:
+            raise ValueError(f"chunk={self.chunk} and workers={self.workers} must be >= 1")
+
+
+def _check_range(name: str, value: tuple[float, float], limits: tuple[float, float]) -> None:
+    """Refuse a (low, high) range that is reversed or leaves ``limits``."""
+    low, high = value
+    if not limits[0] <= low <= high <= limits[1]:
+        raise ValueError(f"{name}={value} must satisfy {limits[0]} <= low <= high <= {limits[1]}")
+
+
+# =========================================================================================
+# Phase diagram
+# =========================================================================================
+def mpb_composition(temperature: np.ndarray | float) -> np.ndarray:
+    """x_MPB(T): Ti fraction at the centre of the monoclinic band; T in K."""
+    return X_MPB_REF + MPB_SLOPE * (np.asarray(temperature, dtype=float) - T_REF)
+
+
+def boundary_offset(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """Signed distance delta = x - x_MPB(T) to the phase boundary (units of x)."""
+    return np.asarray(x, dtype=float) - mpb_composition(temperature)
+
+
+def phase_fractions(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """Volume fractions (R, M, T) of a sample of nominal composition x at temperature T (K).
+
+    The local composition is Gaussian about x with rms ``COMPOSITION_SPREAD``; each
+    region takes the phase of the sharp diagram (R below x_MPB - w/2, M within w/2,
+    T above x_MPB + w/2), so f_R = Phi((-w/2 - delta)/s), f_T = Phi((delta - w/2)/s).
+    Returns shape ``x.shape + (3,)``; rows sum to 1.
+    """
+    delta = boundary_offset(x, temperature)
+    half = MONOCLINIC_WIDTH / 2
+    f_r = ndtr((-half - delta) / COMPOSITION_SPREAD)
+    f_t = ndtr((delta - half) / COMPOSITION_SPREAD)
+    f_m = np.clip(1.0 - f_r - f_t, 0.0, 1.0)
+    return np.stack([f_r, f_m, f_t], axis=-1)
+
+
+def phase_label(fractions: np.ndarray, threshold: float = PURE_THRESHOLD) -> np.ndarray:
+    """Class label: the majority phase (0 R, 1 M, 2 T) if its fraction >= threshold, else 3."""
+    fractions = np.asarray(fractions)
+    major = np.argmax(fractions, axis=-1)
+    pure = np.max(fractions, axis=-1) >= threshold
+    return np.where(pure, major, MIXTURE).astype(np.int64)
+
+
+def label_boundaries(temperature: np.ndarray | float) -> np.ndarray:
+    """The four compositions where :func:`phase_label` changes at temperature T (K).
+
+    In order R|mixture, mixture|M, M|mixture, mixture|T:
+    x_MPB(T) + (-w/2 - z s, -w/2 + z s, w/2 - z s, w/2 + z s), z = Phi^-1(threshold).
+    Exact up to the other boundary's tail (Phi(-w/s) ~ 1e-14).  Shape ``T.shape + (4,)``.
+    """
+    z = float(ndtri(PURE_THRESHOLD)) * COMPOSITION_SPREAD
+    half = MONOCLINIC_WIDTH / 2
+    offsets = np.array([-half - z, -half + z, half - z, half + z])
+    return mpb_composition(temperature)[..., None] + offsets
+
+
+# =========================================================================================
+# Lattice parameters and d-spacings
+# =========================================================================================
+def strain_scale(temperature: np.ndarray | float) -> np.ndarray:
+    """Factor (dimensionless) by which spontaneous strains shrink on heating; 1 at 300 K."""
+    return 1.0 - (np.asarray(temperature, dtype=float) - T_REF) / STRAIN_T_SCALE
+
+
+def pseudo_cubic_a(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """Pseudo-cubic lattice parameter a_pc (Angstrom) = cube root of the cell volume."""
+    temperature = np.asarray(temperature, dtype=float)
+    a300 = A_PC_0 + A_PC_SLOPE * np.asarray(x, dtype=float)
+    return a300 * (1.0 + THERMAL_EXPANSION * (temperature - T_REF))
+
+
+def tetragonality(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """c/a - 1 of the tetragonal phase: grows linearly with x - x_MPB (constant below it)."""
+    delta = np.maximum(boundary_offset(x, temperature), 0.0)
+    return (TETRAGONALITY_MPB + TETRAGONALITY_SLOPE * delta) * strain_scale(temperature)
+
+
+def rhombohedral_shear(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """90 deg - alpha (deg) of the rhombohedral phase: grows linearly with x_MPB - x."""
+    delta = np.maximum(-boundary_offset(x, temperature), 0.0)
+    return (SHEAR_MPB + SHEAR_SLOPE * delta) * strain_scale(temperature)
+
+
+def monoclinic_strains(
+    x: np.ndarray | float, temperature: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(c/a - 1, 90 - alpha, 90 - gamma), angles in deg, of the monoclinic M_A phase.
+
+    With t = clip((delta + w/2)/w, 0, 1) running across the band, c/a - 1 and
+    90 - alpha interpolate linearly between fractions of the boundary values of T and
+    R (``MONO_TETRAGONALITY``, ``MONO_SHEAR``): the polarisation P ~ [u u v] rotates
+    from [111] towards [001].  The in-plane shear follows the electrostrictive ratio
+    (90 - gamma)/(90 - alpha) = u/v (``MONO_GAMMA_RATIO``).  M stays distinct from both
+    neighbours (first-order jumps at the band edges).
+    """
+    t = np.clip((boundary_offset(x, temperature) + MONOCLINIC_WIDTH / 2) / MONOCLINIC_WIDTH, 0, 1)
+    scale = strain_scale(temperature)
+    eta = TETRAGONALITY_MPB * scale * np.interp(t, (0.0, 1.0), MONO_TETRAGONALITY)
+    shear = SHEAR_MPB * scale * np.interp(t, (0.0, 1.0), MONO_SHEAR)
+    return eta, shear, shear * np.interp(t, (0.0, 1.0), MONO_GAMMA_RATIO)
+
+
+def lattice_parameters(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """Pseudo-cubic cell (a, b, c in Angstrom; alpha, beta, gamma in deg) of R, M and T.
+
+    Shape ``x.shape + (3, 6)``, phases in label order (R, M, T).  All three keep the
+    volume a_pc^3 (to first order):
+    R: a = b = c = a_pc, alpha = beta = gamma = 90 - shear_R;
+    M: a = b = a_pc (1 + eta_M)^(-1/3), c = a (1 + eta_M), alpha = beta, gamma
+    (:func:`monoclinic_strains`);
+    T: a = b = a_pc (1 + eta_T)^(-1/3), c = a (1 + eta_T), right angles.
+    """
+    x, temperature = np.broadcast_arrays(np.asarray(x, float), np.asarray(temperature, float))
+    a_pc = pseudo_cubic_a(x, temperature)
+    eta_t = tetragonality(x, temperature)
+    eta_m, shear_m, shear_gamma = monoclinic_strains(x, temperature)
+    alpha_r = 90.0 - rhombohedral_shear(x, temperature)
+    a_m = a_pc / np.cbrt(1.0 + eta_m)
+    a_t = a_pc / np.cbrt(1.0 + eta_t)
+    right = np.full_like(a_pc, 90.0)
+    rows = [
+        (a_pc, a_pc, a_pc, alpha_r, alpha_r, alpha_r),
+        (a_m, a_m, a_m * (1 + eta_m), 90 - shear_m, 90 - shear_m, 90 - shear_gamma),
+        (a_t, a_t, a_t * (1 + eta_t), right, right, right),
+    ]
+    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def metric_tensor(lattice: np.ndarray) -> np.ndarray:
+    """Direct metric tensor G_ij = a_i . a_j (Angstrom^2) of cells (..., 6) -> (..., 3, 3)."""
+    a, b, c = lattice[..., 0], lattice[..., 1], lattice[..., 2]
+    ca, cb, cg = (np.cos(np.radians(lattice[..., i])) for i in (3, 4, 5))
+    rows = [
+        (a * a, a * b * cg, a * c * cb),
+        (a * b * cg, b * b, b * c * ca),
+        (a * c * cb, b * c * ca, c * c),
+    ]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
+
+
+def d_spacings(lattice: np.ndarray, hkl: np.ndarray = REFLECTIONS) -> np.ndarray:
+    """d_hkl (Angstrom) = 1 / sqrt(h^T G^-1 h) for cells (..., 6) and reflections (m, 3).
+
+    Returns shape (..., m).
+    """
+    g_star = np.linalg.inv(metric_tensor(lattice))
+    hkl = np.asarray(hkl, dtype=float)
+    inv_d2 = np.einsum("mi,...ij,mj->...m", hkl, g_star, hkl)
+    return 1.0 / np.sqrt(inv_d2)
+
+
+def bragg_two_theta(d: np.ndarray, wavelength: float) -> np.ndarray:
+    """Bragg angle 2-theta (deg) = 2 asin(lambda / 2d); d and lambda in Angstrom."""
+    ratio = wavelength / (2.0 * np.asarray(d, dtype=float))
+    if np.any(ratio > 1.0):
+        raise ValueError(f"d >= lambda/2 = {wavelength / 2} Angstrom needed for Bragg reflection")
+    return np.degrees(2.0 * np.arcsin(ratio))
+
+
+# =========================================================================================
+# Peak shape and intensities
+# =========================================================================================
+def peak_fwhm(
+    two_theta: np.ndarray, crystallite_size: np.ndarray | float, config: MPBConfig
+) -> np.ndarray:
+    """FWHM (deg): instrumental Caglioti width and Scherrer size width added in quadrature.
+
+    H^2 = U tan^2(theta) + V tan(theta) + W + (K lambda / (D cos theta))^2 (rad -> deg),
+    crystallite size D in nm.
+    """
+    theta = np.radians(np.asarray(two_theta) / 2)
+    u, v, w = config.caglioti_uvw
+    tan = np.tan(theta)
+    size_a = 10.0 * np.asarray(crystallite_size, dtype=float)
+    size_width = np.degrees(config.scherrer_k * config.wavelength / (size_a * np.cos(theta)))
+    return np.sqrt(u * tan**2 + v * tan + w + size_width**2)
+
+
+def pseudo_voigt(offset: np.ndarray, fwhm: np.ndarray, lorentz_fraction: float) -> np.ndarray:
+    """Unit-area pseudo-Voigt (1/deg) at offset (deg) from the peak centre."""
+    z2 = (2.0 * offset / fwhm) ** 2
+    lorentz = (2.0 / math.pi) / (fwhm * (1.0 + z2))
+    gauss = 2.0 * math.sqrt(math.log(2.0) / math.pi) / fwhm * np.exp(-math.log(2.0) * z2)
+    return lorentz_fraction * lorentz + (1.0 - lorentz_fraction) * gauss
+
+
+def lorentz_polarisation(two_theta: np.ndarray) -> np.ndarray:
+    """Powder Lorentz-polarisation factor (1 + cos^2 2theta) / (2 sin^2 theta cos theta)."""
+    tth = np.radians(np.asarray(two_theta))
+    theta = tth / 2
+    return (1.0 + np.cos(tth) ** 2) / (2.0 * np.sin(theta) ** 2 * np.cos(theta))
+
+
+def reflection_positions(x: np.ndarray, temperature: np.ndarray, config: MPBConfig) -> np.ndarray:
+    """2-theta (deg) of every reflection member of every phase, shape (n, 3 phases, 13)."""
+    return bragg_two_theta(d_spacings(lattice_parameters(x, temperature)), config.wavelength)
+
+
+# =========================================================================================
+# Detector geometry
+# =========================================================================================
+def _detector_axes(config: MPBConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors (normal, column, row) of the detector; beam along +z, arm in x-z plane."""
+    arm = np.radians(config.arm_two_theta)
+    normal = np.array([np.sin(arm), 0.0, np.cos(arm)])
+    col_axis = np.array([np.cos(arm), 0.0, -np.sin(arm)])  # columns: increasing 2-theta
+    row_axis = np.array([0.0, -1.0, 0.0])  # rows: downwards
+    return normal, col_axis, row_axis
+
+
+def beam_centre(config: MPBConfig) -> tuple[float, float]:
+    """(row, column) in pixels where the direct beam meets the detector plane (off-detector)."""
+    rows, cols = DETECTOR_SHAPE
+    arm = np.radians(config.arm_two_theta)
+    col = (cols - 1) / 2 - config.distance * np.tan(arm) / config.pixel_size
+    return (rows - 1) / 2, float(col)
+
+
+def pixel_angles(
+    beam_shift: np.ndarray, config: MPBConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-theta (deg), azimuth chi (deg) and relative solid angle of every pixel (float32).
+
+    ``beam_shift`` (n, 2) moves the beam centre by (rows, columns) pixels, which is the
+    same as moving the pixels by the opposite amount in the detector plane.  Pixel
+    centres: P = L n + p (c - c0 - dc) e_col + p (r - r0 - dr) e_row (mm).
+    2theta = acos(P_z / |P|), chi = atan2(P_y, P_x), solid angle (L / |P|)^3 relative
+    to the detector centre.  P_x, P_z depend on the column only and P_y on the row only,
+    so the maps are built from 1-D vectors.  Returns three arrays of shape (n, rows, cols).
+    """
+    normal, col_axis, row_axis = _detector_axes(config)
+    rows, cols = DETECTOR_SHAPE
+    shift = np.asarray(beam_shift, dtype=float).reshape(-1, 2)
+    r = (np.arange(rows) - (rows - 1) / 2)[None, :] - shift[:, 0, None]
+    c = (np.arange(cols) - (cols - 1) / 2)[None, :] - shift[:, 1, None]
+    p, dist = config.pixel_size, config.distance
+    pos_x = (dist * normal[0] + p * c * col_axis[0]).astype(np.float32)[:, None, :]
+    pos_z = (dist * normal[2] + p * c * col_axis[2]).astype(np.float32)[:, None, :]
+    pos_y = (p * r * row_axis[1]).astype(np.float32)[:, :, None]
+    norm = np.sqrt(pos_x**2 + pos_z**2 + pos_y**2)
+    two_theta = np.degrees(np.arccos(pos_z / norm))
+    chi = np.degrees(np.arctan2(pos_y, pos_x))
+    solid = (np.float32(dist) / norm) ** 3
+    return two_theta, chi, solid
+
+
+@lru_cache(maxsize=8)
+def profile_grid(config: MPBConfig) -> np.ndarray:
+    """2-theta grid (deg) for the 1-D profiles: covers every pixel for any allowed jitter."""
+    jitter = 3.0 * config.beam_jitter + 1.0
+    corners = np.array([[s_r, s_c] for s_r in (-jitter, jitter) for s_c in (-jitter, jitter)])
+    two_theta = pixel_angles(corners, config)[0]
+    low = np.floor(two_theta.min()) - 1.0
+    high = np.ceil(two_theta.max()) + 1.0
+    return np.arange(low, high + config.profile_step, config.profile_step)
+
+
+# =========================================================================================
+# Frame generation (shared by the device and simulate())
+# =========================================================================================
+def draw_nuisance(rng: np.random.Generator, n: int, config: MPBConfig) -> dict[str, np.ndarray]:
+    """Per-frame nuisance parameters that are not the phase (hidden, drawn from the config).
+
+    beam_shift (n, 2) px, crystallite_size (n,) nm, texture_amplitude (n, 3),
+    texture_phase (n, 3) deg of chi, scale (n,), background (n,) counts/s per pixel.
+    """
+    jitter = np.clip(rng.normal(0.0, 1.0, (n, 2)), -3.0, 3.0) * config.beam_jitter
+    return {
+        "beam_shift": jitter,
+        "crystallite_size": rng.uniform(*config.crystallite_size_range, n),
+        "texture_amplitude": rng.uniform(0.0, config.texture_max, (n, 3)),
+        "texture_phase": rng.uniform(0.0, config.texture_period, (n, 3)),
+        "scale": rng.uniform(*config.scale_range, n),
+        "background": rng.uniform(*config.background_range, n),
+    }
+
+
+def family_profiles(
+    x: np.ndarray, temperature: np.ndarray, nuisance: dict[str, np.ndarray], config: MPBConfig
+) -> np.ndarray:
+    """1-D diffracted intensity (counts/s per pixel) per family on :func:`profile_grid`.
+
+    I_f(2theta) = flux * scale * sum_phases f_p sum_{m in f} S_f LP(2theta_m) / M_f
+    * pV(2theta - 2theta_m; H_m); shape (n, 3 families, grid).  Split members share
+    the family intensity by multiplicity (1:2, 1:3, ...).
+    """
+    grid = profile_grid(config).astype(np.float32)
+    two_theta = reflection_positions(x, temperature, config)
+    fwhm = peak_fwhm(two_theta, nuisance["crystallite_size"][:, None, None], config)
+    member = FAMILY_STRENGTH[FAMILY_OF] / FAMILY_MEMBERS[FAMILY_OF]
+    fractions = phase_fractions(x, temperature)
+    weight = (config.flux * nuisance["scale"])[:, None, None] * fractions[..., None]
+    strength = (weight * member * lorentz_polarisation(two_theta)).astype(np.float32)
+    two_theta, fwhm = two_theta.astype(np.float32), fwhm.astype(np.float32)
+    profiles = np.zeros((len(x), 3, grid.size), dtype=np.float32)
+    for phase in range(3):
+        frames = np.flatnonzero(fractions[:, phase] > FRACTION_FLOOR)
+        for m, family in enumerate(FAMILY_OF):
+            offset = grid - two_theta[frames, phase, m, None]
+            shape = pseudo_voigt(offset, fwhm[frames, phase, m, None], config.lorentz_fraction)
+            profiles[frames, family] += strength[frames, phase, m, None] * shape
+    return profiles
+
+
+def _texture_basis(nuisance: dict[str, np.ndarray], config: MPBConfig) -> np.ndarray:
+    """Coefficients (n, 3 families, 3 terms) of 1, cos(k chi), sin(k chi) in tau_f(chi)."""
+    amplitude = nuisance["texture_amplitude"]
+    phase = 2 * np.pi * nuisance["texture_phase"] / config.texture_period
+    ones = np.ones_like(amplitude)
+    return np.stack([ones, amplitude * np.cos(phase), amplitude * np.sin(phase)], axis=-1)
+
+
+def _sample_profiles(profiles: np.ndarray, two_theta: np.ndarray, config: MPBConfig) -> np.ndarray:
+    """Profiles (n, grid, k) linearly interpolated at pixel 2-theta (n, pixels): (n, pixels, k)."""
+    grid = profile_grid(config)
+    n, size, k = profiles.shape
+    position = (two_theta - np.float32(grid[0])) * np.float32(1.0 / config.profile_step)
+    base = np.clip(np.floor(position), 0, size - 2)
+    frac = (position - base)[..., None]
+    index = base.astype(np.int64)
+    index += (np.arange(n) * size)[:, None]
+    table = profiles.reshape(n * size, k)
+    low, high = table[index], table[index + 1]
+    return low + (high - low) * frac
+
+
+def mean_counts(
+    x: np.ndarray, temperature: np.ndarray, nuisance: dict[str, np.ndarray], config: MPBConfig
+) -> np.ndarray:
+    """Expected counts per pixel (n, rows, cols), float32, before noise.
+
+    mu = t * Omega_rel * [sum_f tau_f(chi) I_f(2theta) + B exp(-(2theta - arm)/40 deg)],
+    texture tau_f(chi) = 1 + A_f cos(2 pi (chi - phi_f) / period).  Written as
+    sum_f tau_f I_f = J_0 + cos(k chi) J_c + sin(k chi) J_s with 1-D profiles J, so only
+    three profiles are interpolated onto the pixels.
+    """
+    n = len(x)
+    profiles = family_profiles(x, temperature, nuisance, config)
+    combined = np.einsum("nfg,nft->ngt", profiles, _texture_basis(nuisance, config))
+    two_theta, chi, solid = pixel_angles(nuisance["beam_shift"], config)
+    rings = _sample_profiles(combined.astype(np.float32), two_theta.reshape(n, -1), config)
+    arg = np.float32(2 * np.pi / config.texture_period) * chi.reshape(n, -1)
+    signal = rings[..., 0] + rings[..., 1] * np.cos(arg) + rings[..., 2] * np.sin(arg)
+    level = nuisance["background"].astype(np.float32)[:, None, None]
+    background = level * np.exp((np.float32(config.arm_two_theta) - two_theta) / BACKGROUND_DECAY)
+    return np.float32(config.count_time) * solid * (signal.reshape(two_theta.shape) + background)
+
+
+def add_detector_noise(mean: np.ndarray, rng: np.random.Generator, config: MPBConfig) -> np.ndarray:
+    """Poisson photon counting plus Gaussian readout noise; float32 counts."""
+    counts = rng.poisson(mean).astype(np.float32)
+    readout = rng.standard_normal(mean.shape, dtype=np.float32)
+    counts += np.float32(config.readout_noise) * readout
+    return counts
+
+
+def generate_frames(
+    x: np.ndarray, temperature: np.ndarray, rng: np.random.Generator, config: MPBConfig
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Noisy detector frames (n, 97, 243) float32 counts, and the nuisance drawn for them.
+
+    The single code path for the device and :func:`simulate`: the nuisance is drawn
+    first, then each chunk of ``config.chunk`` frames gets its own child generator
+    (``rng.spawn``) for the noise, so the frames depend only on the seed and the chunk
+    size, not on how many threads (``config.workers``) render them.
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    temperature = np.broadcast_to(np.asarray(temperature, dtype=float), x.shape)
+    nuisance = draw_nuisance(rng, len(x), config)
+    frames = np.empty((len(x), *DETECTOR_SHAPE), dtype=np.float32)
+    starts = range(0, len(x), config.chunk)
+    child_rngs = rng.spawn(len(starts))
+
+    def render(start: int, child: np.random.Generator) -> None:
+        part = slice(start, start + config.chunk)
+        chunk_nuisance = {k: v[part] for k, v in nuisance.items()}
+        mean = mean_counts(x[part], temperature[part], chunk_nuisance, config)
+        frames[part] = add_detector_noise(mean, child, config)
+
+    if config.workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=config.workers) as pool:
+            list(pool.map(render, starts, child_rngs))
+    else:
+        for start, child in zip(starts, child_rngs, strict=True):
+            render(start, child)
+    return frames, nuisance
+
+
+def truth_labels(x: np.ndarray, temperature: np.ndarray) -> dict[str, np.ndarray]:
+    """Hidden truth for compositions x and temperatures T (K), arrays with n on axis 0."""
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    temperature = np.broadcast_to(np.asarray(temperature, dtype=float), x.shape)
+    fractions = phase_fractions(x, temperature)
+    delta = boundary_offset(x, temperature)
+    return {
+        "phase": phase_label(fractions),
+        "fractions": fractions.astype(np.float32),
+        "boundary_offset": delta.astype(np.float32),
+        "boundary_distance": np.abs(delta).astype(np.float32),
+        "x": x.astype(np.float32),
+        "temperature": temperature.astype(np.float32),
+        "x_mpb": mpb_composition(temperature).astype(np.float32),
+        "c_over_a": (1.0 + tetragonality(x, temperature)).astype(np.float32),
+        "rhombohedral_angle": (90.0 - rhombohedral_shear(x, temperature)).astype(np.float32),
+    }
+
+
+def draw_conditions(
+    rng: np.random.Generator, n: int, config: MPBConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compositions and temperatures (K) for :func:`simulate`, uniform in the config ranges.
+
+    A share ``near_boundary_fraction`` is instead drawn uniformly within
+    ``near_boundary_halfwidth`` of x_MPB(T) (clipped to ``x_range``).
+    """
+    temperature = rng.uniform(*config.temperature_range, n)
+    x = rng.uniform(*config.x_range, n)
+    near = rng.random(n) < config.near_boundary_fraction
+    half = config.near_boundary_halfwidth
+    x_near = mpb_composition(temperature) + rng.uniform(-half, half, n)
+    return np.clip(np.where(near, x_near, x), *config.x_range), temperature
+
+
+LABEL_UNITS: Final = {
+    "phase": "class (0 rhombohedral, 1 monoclinic, 2 tetragonal, 3 mixture)",
+    "fractions": "volume fraction (R, M, T)",
+    "boundary_offset": "Ti fraction (x - x_MPB)",
+    "boundary_distance": "Ti fraction (|x - x_MPB|)",
+    "x": "Ti fraction",
+    "temperature": "K",
+    "x_mpb": "Ti fraction",
+    "c_over_a": "1 (tetragonal phase)",
+    "rhombohedral_angle": "deg (rhombohedral phase)",
+    "beam_shift": "px (rows, columns)",
+    "crystallite_size": "nm",
+    "texture_amplitude": "1 (per family 111, 200, 220)",
+    "texture_phase": "deg of chi",
+    "scale": "1",
+    "background": "counts/s per pixel",
+}
+
+
+def simulate(n: int, seed: int = 0, config: MPBConfig | None = None) -> SimulatedSet:
+    """A labelled set of ``n`` detector frames, deterministic for ``seed``.
+
+    inputs: ``mpb_image`` (n, 97, 243) float32 counts.  labels: see ``LABEL_UNITS``
+    (phase class, fractions, distance to the boundary, conditions and nuisances).
+    coords: pixel rows/columns and the nominal (unjittered) 2-theta and chi maps.
+    """
+    config = config or MPBConfig()
+    rng = np.random.default_rng(seed)
+    x, temperature = draw_conditions(rng, n, config)
+    frames, nuisance = generate_frames(x, temperature, rng, config)
+    labels = truth_labels(x, temperature)
+    labels.update({k: v.astype(np.float32) for k, v in nuisance.items()})
+    two_theta, chi, _ = pixel_angles(np.zeros((1, 2)), config)
+    return SimulatedSet(
+        case=CASE,
+        seed=seed,
+        inputs={"mpb_image": frames},
+        labels=labels,
+        coords={
+            "row": np.arange(DETECTOR_SHAPE[0]),
+            "col": np.arange(DETECTOR_SHAPE[1]),
+            "two_theta": two_theta[0].astype(np.float32),
+            "chi": chi[0].astype(np.float32),
+        },
+        units={
+            "mpb_image": "counts",
+            "row": "px",
+            "col": "px",
+            "two_theta": "deg",
+            "chi": "deg",
+            **LABEL_UNITS,
+        },
+        config=config_dict(config),
+    )
+
+
+# =========================================================================================
+# ophyd devices
+# =========================================================================================
+class LimitedSoftPositioner(SoftPositioner):
+    """A SoftPositioner whose LimitError names the setting, its value and its range."""
+
+    def check_value(self, pos: float) -> None:
+        """Refuse a target outside the limits before any motion."""
+        low, high = self.limits
+        if not low <= pos <= high:
+            raise LimitError(
+                f"{self.name}: {pos} {self.egu} is outside the allowed range [{low}, {high}]"
+            )
+
+
+class RangeSignal(Signal):
+    """A soft Signal that refuses values outside [low, high] with a clear error."""
+
+    def __init__(self, *, low: float, high: float, units: str = "", **kwargs: Any) -> None:
+        self._low, self._high, self._units = low, high, units
+        super().__init__(**kwargs)
+
+    def check_value(self, value: float) -> None:
+        """Refuse a value outside the range before setting it."""
+        if not self._low <= value <= self._high:
+            raise LimitError(
+                f"{self.name}: {value} {self._units} is outside the allowed range "
+                f"[{self._low}, {self._high}]"
+            )
+
+    def set(self, value: float, **kwargs: Any) -> Any:
+        """Check the value synchronously (the base class checks in a thread), then set."""
+        self.check_value(value)
+        return super().set(value, **kwargs)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Add units and limits to the usual description."""
+        desc = super().describe()
+        desc[self.name].update(
+            units=self._units, lower_ctrl_limit=self._low, upper_ctrl_limit=self._high
+        )
+        return desc
+
+
+class ImageSignal(Signal):
+    """A soft Signal holding one float32 detector frame; describes its real shape."""
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Shape [97, 243], dtype 'array', dtype_numpy '<f4', units counts."""
+        return {
+            self.name: {
+                "source": "SIM:mpb_image",
+                "dtype": "array",
+                "shape": list(DETECTOR_SHAPE),
+                "dtype_numpy": np.dtype(np.float32).str,
+                "units": "counts",
+            }
+        }
+
+
+class MPBStage(Device):
+    """Sample stage: composition motor ``x`` (Ti fraction) and ``temperature`` (K).
+
+    Read keys: ``stage_x``, ``stage_temperature``.  Targets outside
+    ``COMPOSITION_LIMITS`` / ``TEMPERATURE_LIMITS`` raise LimitError before motion.
+    """
+
+    x = Cpt(LimitedSoftPositioner, limits=COMPOSITION_LIMITS, init_pos=0.3, egu="Ti fraction")
+    temperature = Cpt(LimitedSoftPositioner, limits=TEMPERATURE_LIMITS, init_pos=T_REF, egu="K")
+
+    def __init__(self, prefix: str = "", *, name: str = "stage", **kwargs: Any) -> None:
+        super().__init__(prefix, name=name, **kwargs)
+
+
+@dataclass(frozen=True)
+class MPBTruth:
+    """Hidden truth at one stage position (composition x, temperature in K)."""
+
+    x: float
+    temperature: float
+    phase: int
+    phase_name: str
+    fractions: tuple[float, float, float]  # R, M, T volume fractions
+    x_mpb: float
+    boundary_offset: float  # x - x_MPB(T)
+    boundary_distance: float  # |x - x_MPB(T)|
+    lattice: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a,b,c (A), angles
+
+
+def truth_at(x: float, temperature: float) -> MPBTruth:
+    """The hidden truth (:class:`MPBTruth`) at composition x and temperature T (K)."""
+    labels = truth_labels(np.array([x]), np.array([temperature]))
+    lattice = lattice_parameters(np.array([x]), np.array([temperature]))[0]
+    phase = int(labels["phase"][0])
+    delta = float(boundary_offset(x, temperature))
+    return MPBTruth(
+        x=float(x),
+        temperature=float(temperature),
+        phase=phase,
+        phase_name=PHASE_NAMES[phase],
+        fractions=tuple(float(f) for f in phase_fractions(x, temperature)),
+        x_mpb=float(mpb_composition(temperature)),
+        boundary_offset=delta,
+        boundary_distance=abs(delta),
+        lattice={name: tuple(lattice[i].tolist()) for i, name in enumerate(PHASE_NAMES[:3])},
+    )
+
+
+class MPBDetector(Device):
+    """Area detector (97 x 243 px) that diffracts the sample at the stage's position.
+
+    ``trigger()`` renders one frame with :func:`generate_frames` (same code as
+    :func:`simulate`) for the stage's current x and temperature.  Read key
+    ``mpb_image`` (float32 counts, shape [97, 243]); configuration ``mpb_count_time``
+    (s, 0.01-100).  Hidden truth: the ``truth`` property, and the omitted signals
+    ``phase``, ``fractions``, ``boundary_distance`` (set their kind to 'normal' to
+    record them).
+    """
+
+    image = Cpt(ImageSignal, value=np.zeros(DETECTOR_SHAPE, np.float32), kind="normal")
+    count_time = Cpt(RangeSignal, value=1.0, low=0.01, high=100.0, units="s", kind="config")
+    phase = Cpt(Signal, value=-1, kind="omitted")
+    fractions = Cpt(Signal, value=np.zeros(3), kind="omitted")
+    boundary_distance = Cpt(Signal, value=0.0, kind="omitted")
+
+    def __init__(
+        self,
+        prefix: str = "",
+        *,
+        stage: MPBStage,
+        seed: int = 0,
+        config: MPBConfig | None = None,
+        name: str = "mpb",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(prefix, name=name, **kwargs)
+        self._stage = stage
+        self._config = config or MPBConfig()
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def truth(self) -> MPBTruth:
+        """Hidden truth at the stage's current composition and temperature."""
+        return truth_at(self._stage.x.position, self._stage.temperature.position)
+
+    def trigger(self) -> DeviceStatus:
+        """Render one frame for the current stage position; returns a finished status."""
+        x = np.array([self._stage.x.position])
+        temperature = np.array([self._stage.temperature.position])
+        config = replace(self._config, count_time=float(self.count_time.get()))
+        frames, _ = generate_frames(x, temperature, self._rng, config)
+        truth = self.truth
+        self.image.put(frames[0])
+        self.phase.put(truth.phase)
+        self.fractions.put(np.array(truth.fractions))
+        self.boundary_distance.put(truth.boundary_distance)
+        status = DeviceStatus(self)
+        status.set_finished()
+        return status
+
+
+def make_devices(seed: int = 0, config: MPBConfig | None = None) -> dict[str, Device]:
+    """A ready-to-use stage (name 'stage') and detector (name 'mpb') sharing that stage."""
+    stage = MPBStage(name="stage")
+    detector = MPBDetector(stage=stage, seed=seed, config=config, name="mpb")
+    return {"stage": stage, "mpb": detector}

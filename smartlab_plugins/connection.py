@@ -1,0 +1,40 @@
+"""Connecting to the Tiled server, with errors that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+START_HINT = (
+    "Start one with `smartlab serve` (it prints the URI and the API key), then set "
+    "SMARTLAB_TILED_URI and SMARTLAB_API_KEY, or pass tiled_uri= and api_key=."
+)
+
+
+class TiledUnavailableError(ConnectionError):
+    """No usable Tiled server: none configured, unreachable, or the key is refused."""
+
+
+def connect(tiled_uri: str | None, api_key: str | None) -> Any:
+    """A Tiled client of ``tiled_uri``, or a TiledUnavailableError saying what to do."""
+    import httpx
+    from tiled.client import from_uri
+
+    if not tiled_uri:
+        raise TiledUnavailableError(f"SmartLab needs a Tiled server to publish to. {START_HINT}")
+    try:
+        # One quick probe first: tiled's client retries a refused connection for ~25 s.
+        httpx.get(f"{tiled_uri.rstrip('/')}/api/v1/", timeout=5.0)
+        return from_uri(tiled_uri, api_key=api_key)
+    except httpx.TransportError as exc:
+        raise TiledUnavailableError(
+            f"could not reach a Tiled server at {tiled_uri} ({exc}). {START_HINT}"
+        ) from None
+    except Exception as exc:
+        text = str(exc)
+        if "401" in text or "API key" in text or "authentication" in text:
+            raise TiledUnavailableError(
+                f"the Tiled server at {tiled_uri} refused access ({text.splitlines()[0]}): set "
+                "SMARTLAB_API_KEY (or pass api_key=) to the key `smartlab serve` printed or stored "
+                "in its data folder"
+            ) from None
+        raise

@@ -1,0 +1,148 @@
+"""``smartlab demo``: a simulated scan with live analysis, results read back from Tiled.
+
+Starts the embedded Tiled server (unless one is given), scans a steering
+motor across a simulated beam-profile monitor with ``peak_stats`` analysing
+every frame as it arrives, then fetches the results back over HTTP and prints
+them with the snippet that finds them from any other process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from smartlab_plugins import settings
+
+QUERY_SNIPPET = """\
+import os
+import pandas
+from tiled.client import from_uri
+from tiled.queries import Key
+
+client = from_uri("{uri}", api_key=os.environ["SMARTLAB_API_KEY"])
+uid = "{run_uid}"
+run = client[uid]  # the raw scan, as a BlueskyRun
+analysis = (
+    client["smartlab"]
+    .search(Key("run_uid") == uid)
+    .search(Key("plugin") == "peak_stats")
+    .values()
+    .first()
+)
+events = analysis["primary"]["events"]  # immutable parts, one per batch
+table = pandas.concat([part.read() for _, part in sorted(events.items())])
+print(table)
+print(analysis.metadata["summary"])"""
+
+
+@dataclass
+class Target:
+    """The Tiled server the demo publishes to; ``embedded_dir`` is set if the demo started it."""
+
+    uri: str
+    api_key: str | None
+    embedded_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def tiled_server(tiled_uri: str | None, data_dir: Path | None, out: TextIO) -> Iterator[Target]:
+    """The given server, or the embedded one started for the duration."""
+    uri = tiled_uri or settings.tiled_uri()
+    if uri:
+        yield Target(uri, settings.api_key(data_dir))
+        return
+    from smartlab_plugins.server import EmbeddedServer, free_port
+
+    port = settings.DEFAULT_PORT if _port_is_free(settings.DEFAULT_PORT) else free_port()
+    server = EmbeddedServer(data_dir, port=port)
+    print(
+        f"Starting the embedded Tiled server (data in {server.data_dir}) ...", file=out, flush=True
+    )
+    with server:
+        yield Target(server.uri, server.api_key, server.data_dir)
+
+
+def run_demo(
+    tiled_uri: str | None = None,
+    data_dir: Path | None = None,
+    points: int = 41,
+    out: TextIO = sys.stdout,
+) -> dict[str, Any]:
+    """Run the demo scan, print the results; return them as data (for tests)."""
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from tiled.client import from_uri
+
+    from smartlab_plugins import SmartLab
+    from smartlab_plugins.devices.beam import make_devices
+    from smartlab_plugins.results import find_analyses, read_events
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with tiled_server(tiled_uri, data_dir, out) as target:
+        devices = make_devices(seed=1)
+        RE = RunEngine()
+        with SmartLab(target.uri, target.api_key) as smartlab:
+            RE.subscribe(smartlab)
+            print(
+                f"Scanning steer from -4 to 4 mm in {points} points, peak_stats live ...", file=out
+            )
+            (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
+        client = from_uri(target.uri, api_key=target.api_key)
+        (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
+        table = read_events(analysis)
+        summary = analysis.metadata.get("summary") or {}
+        _report(out, target, run_uid, analysis, table, summary)
+        return {"uri": target.uri, "run_uid": run_uid, "table": table, "summary": summary}
+
+
+def _report(
+    out: TextIO, target: Target, run_uid: str, analysis: Any, table: Any, summary: dict
+) -> None:
+    columns = ["seq_num", *(f"beam_profile_{s}" for s in ("max", "argmax", "centroid", "fwhm"))]
+    step = max(1, len(table) // 8)
+    shown = table[[c for c in columns if c in table]].iloc[::step]
+    peak = summary.get("beam_profile_sum", {})
+    print(
+        f"\nTiled server:  {target.uri}\n"
+        f"Run uid:       {run_uid}\n"
+        f"Results node:  smartlab/{analysis.item['id']} "
+        f"(status {analysis.metadata['status']}, {len(table)} events analysed)\n\n"
+        f"peak_stats per frame, fetched back from Tiled (every {step}th row):\n"
+        f"{shown.to_string(index=False, float_format=lambda v: f'{v:9.2f}')}\n\n"
+        "Peak of the integrated intensity across the scan: "
+        f"centroid at steer = {_number(peak.get('centroid'))} mm, "
+        f"FWHM = {_number(peak.get('fwhm'))} mm\n",
+        file=out,
+    )
+    uri = target.uri
+    if target.embedded_dir is not None:
+        uri = f"http://{settings.DEFAULT_HOST}:{settings.DEFAULT_PORT}"
+        key_file = target.embedded_dir / settings.API_KEY_FILENAME
+        key = f"$(cat {key_file})" if key_file.exists() else "<the key you set>"
+        print(
+            "The embedded server stopped with the demo; its data stays in the data folder.\n"
+            f"To query it again, run `smartlab serve --data-dir {target.embedded_dir}` in one\n"
+            f"shell; in another, `export SMARTLAB_API_KEY={key}`, then in Python:\n",
+            file=out,
+        )
+    else:
+        print("Query the results from any other process (with SMARTLAB_API_KEY set):\n", file=out)
+    print(QUERY_SNIPPET.format(uri=uri, run_uid=run_uid), file=out)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _port_is_free(port: int) -> bool:
+    try:
+        with socket.create_connection((settings.DEFAULT_HOST, port), timeout=0.2):
+            return False
+    except OSError:
+        return True

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real Tiled server over HTTP, real RunEngines, real SmartLab callbacks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from bluesky import RunEngine
+
+from smartlab_plugins.server import EmbeddedServer
+
+API_KEY = "smartlabtestkey"
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """One writable Tiled server for the whole session, on a free port, key required."""
+    data_dir = tmp_path_factory.mktemp("tiled")
+    with EmbeddedServer(data_dir, api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def client(tiled_server: EmbeddedServer):
+    return tiled_server.client()
+
+
+@pytest.fixture
+def tiled_env(tiled_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment a user sets to point SmartLab at the server."""
+    monkeypatch.setenv("SMARTLAB_TILED_URI", tiled_server.uri)
+    monkeypatch.setenv("SMARTLAB_API_KEY", API_KEY)
+    return {**os.environ}
+
+
+@pytest.fixture
+def RE() -> RunEngine:
+    return RunEngine()
+
+
+@pytest.fixture
+def make_smartlab(tiled_server: EmbeddedServer) -> Iterator[Callable]:
+    """Build SmartLab callbacks bound to the test server; all are closed at teardown."""
+    from smartlab_plugins import SmartLab
+
+    made = []
+
+    def make(**kwargs) -> SmartLab:
+        kwargs.setdefault("isolation", "thread")
+        smartlab = SmartLab(tiled_server.uri, API_KEY, **kwargs)
+        made.append(smartlab)
+        return smartlab
+
+    yield make
+    for smartlab in made:
+        smartlab.close()
+
+
+@pytest.fixture
+def external_dir(tiled_server: EmbeddedServer) -> Path:
+    """A folder the server may read detector files from."""
+    return tiled_server.external_dir

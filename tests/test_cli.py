@@ -1,0 +1,84 @@
+"""The `smartlab` command as a user runs it: a real subprocess each time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import API_KEY
+from tiled.client import from_uri
+from tiled.queries import Key
+
+
+def smartlab(
+    *args: str, env: dict | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smartlab_plugins.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_every_command():
+    result = smartlab("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "plugins", "replay", "ipython"):
+        assert command in result.stdout
+    for command in ("serve", "demo", "replay", "ipython"):
+        assert smartlab(command, "--help").returncode == 0
+
+
+def test_plugins_list_shows_name_version_source_and_accepted_data():
+    result = smartlab("plugins", "list")
+    assert result.returncode == 0
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "VERSION", "SOURCE", "ACCEPTS"]
+    (peak,) = [row for row in rows if row.startswith("peak_stats")]
+    assert "1.0.0" in peak and "smartlab 0.1.0" in peak and "0/1/2-D fields in primary" in peak
+
+
+def test_demo_against_a_running_server_publishes_results_another_process_finds(tiled_server):
+    env = {**os.environ, "SMARTLAB_API_KEY": API_KEY}
+    env.pop("SMARTLAB_TILED_URI", None)
+    result = smartlab("demo", "--tiled", tiled_server.uri, "--points", "9", env=env)
+    assert result.returncode == 0, result.stderr
+    assert tiled_server.uri in result.stdout
+    run_uid = next(
+        line.split()[-1] for line in result.stdout.splitlines() if line.startswith("Run uid:")
+    )
+    assert "beam_profile_centroid" in result.stdout
+    assert 'Key("run_uid") == uid' in result.stdout
+
+    client = from_uri(tiled_server.uri, api_key=API_KEY)  # only tiled.client, as a user would
+    found = (
+        client["smartlab"].search(Key("run_uid") == run_uid).search(Key("plugin") == "peak_stats")
+    )
+    analysis = found.values().first()
+    parts = analysis["primary"]["events"]
+    assert sum(len(part.read()) for _, part in parts.items()) == 9
+
+
+def test_replay_command_publishes_new_results(tiled_server, RE, make_smartlab):
+    import bluesky.plans as bp
+    from ophyd.sim import det, motor
+
+    smartlab_cb = make_smartlab(plugins=["peak_stats"])
+    RE.subscribe(smartlab_cb)
+    (uid,) = RE(bp.scan([det], motor, -1, 1, 5))
+    smartlab_cb.flush()
+    env = {**os.environ, "SMARTLAB_TILED_URI": tiled_server.uri, "SMARTLAB_API_KEY": API_KEY}
+    result = smartlab("replay", uid, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "peak_stats: 5 events, 0 errors" in result.stdout
+
+
+def test_errors_are_one_clear_line_not_a_traceback():
+    env = {**os.environ, "SMARTLAB_API_KEY": API_KEY}
+    result = smartlab("replay", "some-uid", "--tiled", "http://127.0.0.1:9", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("smartlab: error: could not reach a Tiled server")
+    assert "Traceback" not in result.stderr

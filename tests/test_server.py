@@ -1,0 +1,83 @@
+"""The embedded Tiled server: writable, and closed to anyone without the key."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import API_KEY
+from tiled.client import from_uri
+
+from smartlab_plugins.server import free_port, wait_until_up
+
+
+def test_requests_without_the_key_are_refused(tiled_server):
+    assert httpx.get(f"{tiled_server.uri}/api/v1/metadata/").status_code == 401
+    create = httpx.post(
+        f"{tiled_server.uri}/api/v1/metadata/", json={"structure_family": "container"}
+    )
+    assert create.status_code == 401
+    with pytest.raises(RuntimeError, match="requires API key"):
+        from_uri(tiled_server.uri)
+    assert (
+        httpx.get(
+            f"{tiled_server.uri}/api/v1/metadata/", headers={"Authorization": "Apikey wrong"}
+        ).status_code
+        == 401
+    )
+
+
+def test_the_key_lets_a_client_write(tiled_server):
+    client = from_uri(tiled_server.uri, api_key=API_KEY)
+    node = client.create_container(metadata={"written_by": "test"})
+    assert client[node.item["id"]].metadata["written_by"] == "test"
+
+
+def test_first_start_generates_a_private_key_and_later_starts_reuse_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SMARTLAB_API_KEY"}
+    keys = []
+    for _ in range(2):
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "smartlab_plugins.cli",
+                "serve",
+                "--data-dir",
+                str(tmp_path),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}", timeout=120, process=server)
+        finally:
+            server.terminate()
+            output = server.communicate(timeout=30)[0]
+        key_file = tmp_path / "api_key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        keys.append(key_file.read_text().strip())
+        assert str(key_file) in output
+    assert keys[0] == keys[1] and keys[0].isalnum() and len(keys[0]) >= 32
+
+
+def test_a_key_tiled_would_refuse_is_refused_at_once(tmp_path):
+    env = {**os.environ, "SMARTLAB_API_KEY": "has-dashes"}
+    result = subprocess.run(
+        [sys.executable, "-m", "smartlab_plugins.cli", "serve", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "SMARTLAB_API_KEY must contain only letters and digits" in result.stderr
