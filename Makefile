@@ -24,9 +24,10 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
-## make bench: RunEngine slowdown with SmartLab attached, written to docs/benchmarks.md
+## make bench: RunEngine slowdown and simulator speed, written to docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python benchmarks/re_overhead.py
+	$(BIN)/python benchmarks/generators.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

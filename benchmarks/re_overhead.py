@@ -4,7 +4,7 @@ Times ``RE(count([det], num=N))`` with no subscriber, with SmartLab (all
 built-in plugins, raw run written by TiledWriter in the worker process), and,
 as anchors, with bluesky's BestEffortCallback (plots off) and with TiledWriter
 inline on the RunEngine thread. The configurations are interleaved, repeated,
-and reported as medians of the ratio to the bare scan. Writes docs/benchmarks.md.
+and reported as medians of the ratio to the bare scan. Writes its section of docs/benchmarks.md.
 
     python benchmarks/re_overhead.py [--events 1000] [--repeats 7]
 """
@@ -12,12 +12,11 @@ and reported as medians of the ratio to the bare scan. Writes docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import bluesky.plans as bp
@@ -27,7 +26,8 @@ from ophyd.sim import det
 from smartlab_plugins import SmartLab
 from smartlab_plugins.server import EmbeddedServer
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section
 
 
 def time_scan(RE: RunEngine, events: int, subscriber: Callable | None) -> float:
@@ -103,13 +103,7 @@ def main() -> None:
 def write_report(rows: list[tuple], args: argparse.Namespace, dropped: int) -> None:
     smartlab_ratio = rows[1][1]
     lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`benchmarks/re_overhead.py`); figures are ratios measured",
-        "side by side in one run on one machine, so they hold across machines better than",
-        "absolute times.",
-        "",
-        "## RunEngine slowdown",
+        "## RunEngine slowdown (`benchmarks/re_overhead.py`)",
         "",
         f"`RE(count([det], num={args.events}))` with `ophyd.sim.det`, each configuration "
         f"repeated {args.repeats} times, interleaved. Ratio: the median over repeats of (time "
@@ -134,20 +128,9 @@ def write_report(rows: list[tuple], args: argparse.Namespace, dropped: int) -> N
         "for the cores; with neighbours on a shared virtual machine, that is the noise in the",
         "range column, where a single repeat can be 30% off in either direction.",
         "",
-        f"Machine: {platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {_cpus()} CPUs; "
-        f"run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "",
+        f"Machine: {machine()}.",
     ]
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text("\n".join(lines))
-    print(f"wrote {DOCS}")
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    print(f"wrote {write_section('re-overhead', lines)}")
 
 
 if __name__ == "__main__":

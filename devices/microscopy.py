@@ -511,9 +511,7 @@ class XYStage(Device):
     x = Cpt(StageAxis, egu="um", init_pos=0.0, kind="hinted")
     y = Cpt(StageAxis, egu="um", init_pos=0.0, kind="hinted")
 
-    def __init__(
-        self, *, name: str = "stage", travel_um: float | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, name: str = "xy", travel_um: float | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         travel = MicroscopyConfig().travel_um if travel_um is None else travel_um
         self.x.set_travel(0.0, travel)
@@ -668,6 +666,6 @@ def make_devices(
 ) -> dict[str, XYStage | SEMCamera]:
     """A ready stage and camera (specimen and noise from ``seed``)."""
     config = config or MicroscopyConfig()
-    stage = XYStage(name="stage", travel_um=config.travel_um)
+    stage = XYStage(name="xy", travel_um=config.travel_um)
     camera = SEMCamera(stage, name="camera", seed=seed, config=config)
-    return {"stage": stage, "camera": camera}
+    return {"xy": stage, "camera": camera}

@@ -681,14 +681,14 @@ class ImageSignal(Signal):
 class MPBStage(Device):
     """Sample stage: composition motor ``x`` (Ti fraction) and ``temperature`` (K).
 
-    Read keys: ``stage_x``, ``stage_temperature``.  Targets outside
+    Read keys: ``sample_x``, ``sample_temperature``.  Targets outside
     ``COMPOSITION_LIMITS`` / ``TEMPERATURE_LIMITS`` raise LimitError before motion.
     """
 
     x = Cpt(LimitedSoftPositioner, limits=COMPOSITION_LIMITS, init_pos=0.3, egu="Ti fraction")
     temperature = Cpt(LimitedSoftPositioner, limits=TEMPERATURE_LIMITS, init_pos=T_REF, egu="K")
 
-    def __init__(self, prefix: str = "", *, name: str = "stage", **kwargs: Any) -> None:
+    def __init__(self, prefix: str = "", *, name: str = "sample", **kwargs: Any) -> None:
         super().__init__(prefix, name=name, **kwargs)
 
 
@@ -780,7 +780,7 @@ class MPBDetector(Device):
 
 
 def make_devices(seed: int = 0, config: MPBConfig | None = None) -> dict[str, Device]:
-    """A ready-to-use stage (name 'stage') and detector (name 'mpb') sharing that stage."""
-    stage = MPBStage(name="stage")
+    """A ready-to-use sample stage (name 'sample') and detector (name 'mpb') sharing it."""
+    stage = MPBStage(name="sample")
     detector = MPBDetector(stage=stage, seed=seed, config=config, name="mpb")
-    return {"stage": stage, "mpb": detector}
+    return {"sample": stage, "mpb": detector}

@@ -59,6 +59,14 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from smartlab_plugins.simulate import write_case
+
+    path = write_case(args.case, args.n, args.out, seed=args.seed, chunk=args.chunk)
+    print(f"wrote {args.n} {args.case} samples (seed {args.seed}) to {path}")
+    return 0
+
+
 def install_profile(ipython_dir: Path | None = None) -> Path:
     """Copy SmartLab's IPython profile into the IPython directory; return the profile folder."""
     import shutil
@@ -93,6 +101,13 @@ def _ipython(args: argparse.Namespace) -> int:
     ]
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--plugins", nargs="+", metavar="NAME", help="only these plugins (default: all)"
     )
     replay.set_defaults(func=_replay)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="write a labelled simulated data set (HDF5)",
+        description="Generate N labelled samples from an instrument's physics model and write "
+        "them, with the generator config and seed, to an HDF5 file.",
+    )
+    simulate.add_argument("case", choices=["ins", "mpb", "operando", "microscopy"])
+    simulate.add_argument("--n", type=_positive, required=True, help="number of samples")
+    simulate.add_argument("--out", type=Path, required=True, help="output file (.h5)")
+    simulate.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    simulate.add_argument(
+        "--chunk",
+        type=_positive,
+        default=1000,
+        help="samples per generator call (default: %(default)s)",
+    )
+    simulate.set_defaults(func=_simulate)
 
     ipython = commands.add_parser(
         "ipython",

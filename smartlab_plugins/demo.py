@@ -2,8 +2,10 @@
 
 Starts the embedded Tiled server (unless one is given), scans a steering
 motor across a simulated beam-profile monitor with ``peak_stats`` analysing
-every frame as it arrives, then fetches the results back over HTTP and prints
-them with the snippet that finds them from any other process.
+every frame as it arrives, then runs short scans of two simulated science
+instruments (diffraction across a morphotropic phase boundary, an operando
+temperature ramp), fetches the results back over HTTP and prints them with
+the snippet that finds them from any other process.
 """
 
 from __future__ import annotations
@@ -93,11 +95,14 @@ def run_demo(
                 f"Scanning steer from -4 to 4 mm in {points} points, peak_stats live ...", file=out
             )
             (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
+            instrument_runs = _instrument_scans(RE, out)
         client = from_uri(target.uri, api_key=target.api_key)
         (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
         table = read_events(analysis)
         summary = analysis.metadata.get("summary") or {}
         _report(out, target, run_uid, analysis, table, summary)
+        _report_instruments(out, client, instrument_runs)
+        _query_help(out, target, run_uid)
         return {"uri": target.uri, "run_uid": run_uid, "table": table, "summary": summary}
 
 
@@ -120,6 +125,9 @@ def _report(
         f"FWHM = {_number(peak.get('fwhm'))} mm\n",
         file=out,
     )
+
+
+def _query_help(out: TextIO, target: Target, run_uid: str) -> None:
     uri = target.uri
     if target.embedded_dir is not None:
         uri = f"http://{settings.DEFAULT_HOST}:{settings.DEFAULT_PORT}"
@@ -134,6 +142,49 @@ def _report(
     else:
         print("Query the results from any other process (with SMARTLAB_API_KEY set):\n", file=out)
     print(QUERY_SNIPPET.format(uri=uri, run_uid=run_uid), file=out)
+
+
+def _instrument_scans(RE: Any, out: TextIO) -> list[tuple[str, str, str]]:
+    """Short scans of two simulated instruments; (title, detector field, run uid) each."""
+    import bluesky.plans as bp
+
+    from smartlab_plugins.devices import mpb, operando
+
+    diffraction = mpb.make_devices(seed=1)
+    ramp = operando.make_devices(seed=1)
+    plans = [
+        (
+            "Diffraction across the morphotropic phase boundary, composition x from 0.3 to 0.7",
+            "mpb_image",
+            bp.scan([diffraction["mpb"]], diffraction["sample"].x, 0.3, 0.7, 9),
+        ),
+        (
+            "Operando powder pattern on a temperature ramp from 350 to 550 K",
+            "operando_pattern",
+            bp.scan([ramp["operando"]], ramp["temperature"], 350, 550, 11),
+        ),
+    ]
+    runs = []
+    for title, field, plan in plans:
+        print(f"{title}, peak_stats live ...", file=out)
+        (uid,) = RE(plan)
+        runs.append((title, field, uid))
+    return runs
+
+
+def _report_instruments(out: TextIO, client: Any, runs: list[tuple[str, str, str]]) -> None:
+    from smartlab_plugins.results import find_analyses, read_events
+
+    for title, field, uid in runs:
+        (analysis,) = find_analyses(client, run_uid=uid, plugin="peak_stats")
+        table = read_events(analysis)
+        columns = [c for c in table.columns if c.startswith(field)][:4]
+        print(
+            f"{title}:\n  run {uid}, {len(table)} frames analysed live; first frames:\n"
+            + table[["seq_num", *columns]].head(3).to_string(index=False, float_format="%.1f")
+            + "\n",
+            file=out,
+        )
 
 
 def _number(value: float | None) -> str:

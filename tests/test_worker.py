@@ -70,7 +70,9 @@ def test_a_plugin_that_keeps_failing_is_disabled_for_the_run(RE, make_smartlab, 
     assert summary["plugins"]["always_fails"]["disabled"]
 
 
-def test_non_finite_values_are_refused_per_event_and_the_rest_analysed(make_smartlab, client, beam):
+def test_non_finite_values_are_refused_per_event_and_the_rest_analysed(
+    make_smartlab, client, beam, caplog
+):
     docs = []
     from bluesky import RunEngine
 
@@ -81,9 +83,11 @@ def test_non_finite_values_are_refused_per_event_and_the_rest_analysed(make_smar
     event["data"]["beam_profile"][10] = np.nan
 
     smartlab = make_smartlab(plugins=["peak_stats"])
-    for name, doc in docs:
-        smartlab(name, doc)
-    smartlab.flush()
+    with caplog.at_level(logging.ERROR, logger="smartlab_plugins"):
+        for name, doc in docs:
+            smartlab(name, doc)
+        smartlab.flush()
+    assert "plugin peak_stats: field 'beam_profile' has 1 NaN/inf value(s) (event 3)" in caplog.text
 
     analysis = analysis_of(client, docs[0][1]["uid"], "peak_stats")
     assert list(read_events(analysis)["seq_num"]) == [1, 2, 4, 5, 6]

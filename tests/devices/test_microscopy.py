@@ -258,9 +258,9 @@ def test_out_of_range_settings_raise_before_motion(
 ) -> None:
     stage, camera = devices
     stage.x.move(1.0)
-    with pytest.raises(LimitError, match=r"stage_x.*travel range"):
+    with pytest.raises(LimitError, match=r"xy_x.*travel range"):
         stage.x.move(CONFIG.travel_um + 0.1)
-    with pytest.raises(LimitError, match="stage_y"):
+    with pytest.raises(LimitError, match="xy_y"):
         stage.y.move(-0.5)
     assert stage.x.position == 1.0
     assert stage.y.position == 0.0
@@ -293,7 +293,7 @@ def test_grid_scan_events_and_hidden_mask(
     events = [doc for name, doc in docs if name == "event"]
     assert len(events) == 6
     assert all("camera_mask" not in e["data"] for e in events)
-    assert [e["data"]["stage_x"] for e in events[:3]] == [0.0, 4.5, 9.0]
+    assert [e["data"]["xy_x"] for e in events[:3]] == [0.0, 4.5, 9.0]
     assert events[-1]["data"]["camera_image"].shape == (64, 64)
     config = descriptor["configuration"]["camera"]["data"]
     assert config["camera_dose"] == CONFIG.dose
@@ -319,7 +319,7 @@ def test_count_with_default_devices(run_engine: RunEngine) -> None:
     camera = found["camera"]
     assert camera.describe()["camera_image"]["shape"] == [256, 256]
     assert "camera_mask" not in camera.read()
-    assert found["stage"].x.limits == (0.0, pytest.approx(89.6))
+    assert found["xy"].x.limits == (0.0, pytest.approx(89.6))
     docs = collect(run_engine, bp.count([camera], num=2))
     events = [doc for name, doc in docs if name == "event"]
     assert len(events) == 2

@@ -380,7 +380,7 @@ def test_config_refuses_ranges_outside_limits() -> None:
 
 def test_scan_over_composition_in_a_run_engine(RE: RunEngine) -> None:
     devices = mpb.make_devices(seed=1)
-    stage, det = devices["stage"], devices["mpb"]
+    stage, det = devices["sample"], devices["mpb"]
     docs: list[tuple[str, dict]] = []
     RE(bp.scan([det], stage.x, 0.3, 0.7, 21), lambda name, doc: docs.append((name, doc)))
     descriptor = next(doc for name, doc in docs if name == "descriptor")
@@ -389,7 +389,7 @@ def test_scan_over_composition_in_a_run_engine(RE: RunEngine) -> None:
     assert key["dtype_numpy"] == "<f4"
     events = [doc for name, doc in docs if name == "event"]
     assert len(events) == 21
-    xs = [e["data"]["stage_x"] for e in events]
+    xs = [e["data"]["sample_x"] for e in events]
     np.testing.assert_allclose(xs, np.linspace(0.3, 0.7, 21))
     images = np.array([e["data"]["mpb_image"] for e in events])
     assert images.shape == (21, 97, 243) and images.dtype == np.float32
@@ -404,27 +404,27 @@ def test_scan_over_composition_in_a_run_engine(RE: RunEngine) -> None:
 
 def test_grid_scan_over_composition_and_temperature(RE: RunEngine) -> None:
     devices = mpb.make_devices(seed=2)
-    stage, det = devices["stage"], devices["mpb"]
+    stage, det = devices["sample"], devices["mpb"]
     det.phase.kind = "normal"
     events: list[dict] = []
     plan = bp.grid_scan([det], stage.x, 0.2, 0.76, 3, stage.temperature, 150.0, 450.0, 2)
     RE(plan, lambda name, doc: events.append(doc) if name == "event" else None)
     assert len(events) == 6
     phases = [e["data"]["mpb_phase"] for e in events]
-    temps = {e["data"]["stage_temperature"] for e in events}
+    temps = {e["data"]["sample_temperature"] for e in events}
     assert temps == {150.0, 450.0}
     assert phases == [0, 0, 1, 1, 2, 2]  # x = 0.48 is inside the monoclinic band at both T
 
 
 def test_out_of_range_settings_raise_before_motion(RE: RunEngine) -> None:
     devices = mpb.make_devices()
-    stage, det = devices["stage"], devices["mpb"]
+    stage, det = devices["sample"], devices["mpb"]
     stage.x.move(0.4)
     for bad in (-0.01, 1.2):
-        with pytest.raises(LimitError, match=r"stage_x.*\[0.0, 1.0\]"):
+        with pytest.raises(LimitError, match=r"sample_x.*\[0.0, 1.0\]"):
             stage.x.set(bad)
         assert stage.x.position == pytest.approx(0.4)
-    with pytest.raises(LimitError, match="stage_temperature"):
+    with pytest.raises(LimitError, match="sample_temperature"):
         RE(bps.mv(stage.temperature, 700.0))
     assert stage.temperature.position == pytest.approx(300.0)
     with pytest.raises(LimitError, match="mpb_count_time"):
@@ -435,8 +435,8 @@ def test_device_frames_are_seeded_and_use_the_generator_code_path() -> None:
     frames = []
     for _ in range(2):
         devices = mpb.make_devices(seed=9)
-        devices["stage"].x.move(0.45)
-        devices["stage"].temperature.move(220.0)
+        devices["sample"].x.move(0.45)
+        devices["sample"].temperature.move(220.0)
         devices["mpb"].count_time.put(0.5)
         devices["mpb"].trigger().wait(1)
         frames.append(devices["mpb"].read()["mpb_image"]["value"])
@@ -449,7 +449,7 @@ def test_device_frames_are_seeded_and_use_the_generator_code_path() -> None:
 
 def test_truth_is_hidden_but_reachable() -> None:
     devices = mpb.make_devices()
-    stage, det = devices["stage"], devices["mpb"]
+    stage, det = devices["sample"], devices["mpb"]
     stage.x.move(0.476)
     det.trigger()
     assert set(det.read()) == {"mpb_image"}
