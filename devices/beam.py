@@ -21,6 +21,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal
+from smartlab_plugins.devices.signals import ArraySignal
 
 GAUSSIAN_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -30,16 +31,8 @@ def gaussian(positions: np.ndarray, centre: float, sigma: float, height: float) 
     return height * np.exp(-((positions - centre) ** 2) / (2.0 * sigma**2))
 
 
-class ArraySignal(SynSignal):
-    """A SynSignal holding an array, described with its real shape and dtype."""
-
-    def describe(self):
-        description = super().describe()
-        value = np.asarray(self.get())
-        description[self.name].update(
-            dtype="array", shape=list(value.shape), dtype_numpy=value.dtype.str
-        )
-        return description
+class SynArraySignal(ArraySignal, SynSignal):
+    """A SynSignal (value computed by a function on trigger) described like an ArraySignal."""
 
 
 class BeamMonitor(Device):
@@ -49,8 +42,8 @@ class BeamMonitor(Device):
     ``<name>_image`` (``rows``, ``pixels``) float64 counts.
     """
 
-    profile = Cpt(ArraySignal, kind="hinted")
-    image = Cpt(ArraySignal, kind="normal")
+    profile = Cpt(SynArraySignal, kind="hinted")
+    image = Cpt(SynArraySignal, kind="normal")
     sigma = Cpt(Signal, value=6.0, kind="config")
     peak_counts = Cpt(Signal, value=1000.0, kind="config")
     background = Cpt(Signal, value=5.0, kind="config")

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal, SoftPositioner
+from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
-from ophyd.utils import LimitError
 from scipy.special import ndtr
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+from smartlab_plugins.devices.signals import ArraySignal, LimitedPositioner
 
 CASE = "ins"
 K_B = 0.08617333262  # Boltzmann constant, meV/K
@@ -475,31 +475,6 @@ def simulate(n: int, seed: int = 0, config: SpinWaveConfig | None = None) -> Sim
 # ---------------------------------------------------------------- ophyd devices
 
 
-class LimitedPositioner(SoftPositioner):
-    """A soft positioner that refuses out-of-range targets before moving, naming itself."""
-
-    def check_value(self, pos: Any) -> None:
-        """Raise LimitError naming the setting, the value and its range if ``pos`` is outside."""
-        low, high = self.limits
-        if not (np.isfinite(pos) and low <= pos <= high):
-            raise LimitError(
-                f"{self.name}={pos} {self.egu} is out of range; expected {low} to {high} {self.egu}"
-            )
-
-
-class MapSignal(Signal):
-    """A detector signal holding one float32 S(|Q|, E) counts map."""
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Describe the map with its real shape and numpy dtype."""
-        desc = super().describe()
-        value = np.asarray(self.get())
-        desc[self.name].update(
-            dtype="array", shape=list(value.shape), dtype_numpy=value.dtype.str, units="counts"
-        )
-        return desc
-
-
 class SpinWaveSample(Device):
     """The sample, holding the hidden exchange constants (J1, J2, D) in meV.
 
@@ -537,7 +512,7 @@ class SpinWaveSpectrometer(Device):
     ei = Cpt(LimitedPositioner, limits=EI_LIMITS, egu="meV", init_pos=20.0)
     temperature = Cpt(LimitedPositioner, limits=TEMPERATURE_LIMITS, egu="K", init_pos=5.0)
     counting_time = Cpt(LimitedPositioner, limits=COUNTING_TIME_LIMITS, egu="s", init_pos=600.0)
-    sqw = Cpt(MapSignal, kind="hinted")
+    sqw = Cpt(ArraySignal, kind="hinted", units="counts")
     sample = Cpt(SpinWaveSample)
 
     def __init__(

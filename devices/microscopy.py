@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal, SoftPositioner
+from ophyd import Device
 from ophyd.status import DeviceStatus, StatusBase
-from ophyd.utils import LimitError
 from scipy import ndimage
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+from smartlab_plugins.devices.signals import ArraySignal, LimitedPositioner, RangeSignal
 
 CASE = "microscopy"
 PHASES: tuple[str, ...] = ("ferrite", "spheroidite", "gb_carbide", "pearlite")
@@ -487,82 +487,21 @@ def simulate(n: int, seed: int = 0, config: MicroscopyConfig | None = None) -> S
     )
 
 
-class StageAxis(SoftPositioner):
-    """One stage motor (um) that refuses targets outside its travel before moving."""
-
-    def set_travel(self, low: float, high: float) -> None:
-        """Set the travel range [low, high] in um."""
-        if not low < high:
-            raise ValueError(f"{self.name}: travel low={low} must be below high={high} um")
-        self._limits = (float(low), float(high))
-
-    def check_value(self, pos: float) -> None:
-        """Raise :class:`LimitError` if ``pos`` (um) is outside the travel range."""
-        low, high = self.limits
-        if not low <= pos <= high:
-            raise LimitError(
-                f"{self.name}: target {pos} um is outside the travel range [{low}, {high}] um"
-            )
-
-
 class XYStage(Device):
-    """XY specimen stage: motor positions are the frame's top-left corner in um."""
+    """XY specimen stage: motor positions are the frame's top-left corner in um.
 
-    x = Cpt(StageAxis, egu="um", init_pos=0.0, kind="hinted")
-    y = Cpt(StageAxis, egu="um", init_pos=0.0, kind="hinted")
+    Each motor's limits are its travel, [0, ``travel_um``] (default: the specimen
+    extent minus one frame); a target outside raises LimitError before motion.
+    """
+
+    x = Cpt(LimitedPositioner, egu="um", init_pos=0.0, kind="hinted")
+    y = Cpt(LimitedPositioner, egu="um", init_pos=0.0, kind="hinted")
 
     def __init__(self, *, name: str = "xy", travel_um: float | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         travel = MicroscopyConfig().travel_um if travel_um is None else travel_um
-        self.x.set_travel(0.0, travel)
-        self.y.set_travel(0.0, travel)
-
-
-class ArraySignal(Signal):
-    """A soft signal holding an ndarray; describe() reports its real shape and dtype."""
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Data key with dtype 'array', the value's shape and its numpy dtype."""
-        value = np.asarray(self.get())
-        return {
-            self.name: {
-                "source": f"SIM:{self.name}",
-                "dtype": "array",
-                "shape": list(value.shape),
-                "dtype_numpy": value.dtype.str,
-            }
-        }
-
-
-class BoundedSignal(Signal):
-    """A soft numeric setting that refuses values outside ``bounds`` before storing."""
-
-    def __init__(self, *, bounds: tuple[float, float], units: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.bounds = bounds
-        self.units = units
-
-    def check_value(self, value: float) -> None:
-        """Raise ValueError naming the setting and its range if out of bounds."""
-        low, high = self.bounds
-        if not low <= value <= high:
-            raise ValueError(
-                f"{self.name}={value} {self.units} is outside the allowed range "
-                f"[{low}, {high}] {self.units}"
-            )
-
-    def set(self, value: float, **kwargs: Any) -> StatusBase:
-        """Refuse an out-of-range value at once, in the caller, then store it."""
-        self.check_value(value)
-        return super().set(value, **kwargs)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Data key with units and the allowed range as limits."""
-        desc = super().describe()
-        desc[self.name].update(
-            units=self.units, lower_ctrl_limit=self.bounds[0], upper_ctrl_limit=self.bounds[1]
-        )
-        return desc
+        self.x.set_limits(0.0, travel)
+        self.y.set_limits(0.0, travel)
 
 
 class SEMCamera(Device):
@@ -580,11 +519,9 @@ class SEMCamera(Device):
     image = Cpt(ArraySignal, value=np.zeros((0, 0), dtype=np.float32), kind="normal")
     mask = Cpt(ArraySignal, value=np.zeros((0, 0), dtype=np.uint8), kind="omitted")
     fractions = Cpt(ArraySignal, value=np.zeros(N_PHASES), kind="omitted")
-    dose = Cpt(
-        BoundedSignal, value=400.0, bounds=DOSE_RANGE, units="electrons/pixel", kind="config"
-    )
+    dose = Cpt(RangeSignal, value=400.0, limits=DOSE_RANGE, units="electrons/pixel", kind="config")
     readout_noise = Cpt(
-        BoundedSignal, value=0.01, bounds=READOUT_NOISE_RANGE, units="SE yield", kind="config"
+        RangeSignal, value=0.01, limits=READOUT_NOISE_RANGE, units="SE yield", kind="config"
     )
 
     def __init__(

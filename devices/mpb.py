@@ -26,11 +26,11 @@ from typing import Any, Final
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, Signal, SoftPositioner
+from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
-from ophyd.utils import LimitError
 from scipy.special import ndtr, ndtri
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+from smartlab_plugins.devices.signals import ArraySignal, LimitedPositioner, RangeSignal
 
 CASE: Final = "mpb"
 
@@ -621,63 +621,6 @@ def simulate(n: int, seed: int = 0, config: MPBConfig | None = None) -> Simulate
 # =========================================================================================
 # ophyd devices
 # =========================================================================================
-class LimitedSoftPositioner(SoftPositioner):
-    """A SoftPositioner whose LimitError names the setting, its value and its range."""
-
-    def check_value(self, pos: float) -> None:
-        """Refuse a target outside the limits before any motion."""
-        low, high = self.limits
-        if not low <= pos <= high:
-            raise LimitError(
-                f"{self.name}: {pos} {self.egu} is outside the allowed range [{low}, {high}]"
-            )
-
-
-class RangeSignal(Signal):
-    """A soft Signal that refuses values outside [low, high] with a clear error."""
-
-    def __init__(self, *, low: float, high: float, units: str = "", **kwargs: Any) -> None:
-        self._low, self._high, self._units = low, high, units
-        super().__init__(**kwargs)
-
-    def check_value(self, value: float) -> None:
-        """Refuse a value outside the range before setting it."""
-        if not self._low <= value <= self._high:
-            raise LimitError(
-                f"{self.name}: {value} {self._units} is outside the allowed range "
-                f"[{self._low}, {self._high}]"
-            )
-
-    def set(self, value: float, **kwargs: Any) -> Any:
-        """Check the value synchronously (the base class checks in a thread), then set."""
-        self.check_value(value)
-        return super().set(value, **kwargs)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Add units and limits to the usual description."""
-        desc = super().describe()
-        desc[self.name].update(
-            units=self._units, lower_ctrl_limit=self._low, upper_ctrl_limit=self._high
-        )
-        return desc
-
-
-class ImageSignal(Signal):
-    """A soft Signal holding one float32 detector frame; describes its real shape."""
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Shape [97, 243], dtype 'array', dtype_numpy '<f4', units counts."""
-        return {
-            self.name: {
-                "source": "SIM:mpb_image",
-                "dtype": "array",
-                "shape": list(DETECTOR_SHAPE),
-                "dtype_numpy": np.dtype(np.float32).str,
-                "units": "counts",
-            }
-        }
-
-
 class MPBStage(Device):
     """Sample stage: composition motor ``x`` (Ti fraction) and ``temperature`` (K).
 
@@ -685,8 +628,8 @@ class MPBStage(Device):
     ``COMPOSITION_LIMITS`` / ``TEMPERATURE_LIMITS`` raise LimitError before motion.
     """
 
-    x = Cpt(LimitedSoftPositioner, limits=COMPOSITION_LIMITS, init_pos=0.3, egu="Ti fraction")
-    temperature = Cpt(LimitedSoftPositioner, limits=TEMPERATURE_LIMITS, init_pos=T_REF, egu="K")
+    x = Cpt(LimitedPositioner, limits=COMPOSITION_LIMITS, init_pos=0.3, egu="Ti fraction")
+    temperature = Cpt(LimitedPositioner, limits=TEMPERATURE_LIMITS, init_pos=T_REF, egu="K")
 
     def __init__(self, prefix: str = "", *, name: str = "sample", **kwargs: Any) -> None:
         super().__init__(prefix, name=name, **kwargs)
@@ -737,8 +680,10 @@ class MPBDetector(Device):
     record them).
     """
 
-    image = Cpt(ImageSignal, value=np.zeros(DETECTOR_SHAPE, np.float32), kind="normal")
-    count_time = Cpt(RangeSignal, value=1.0, low=0.01, high=100.0, units="s", kind="config")
+    image = Cpt(
+        ArraySignal, value=np.zeros(DETECTOR_SHAPE, np.float32), units="counts", kind="normal"
+    )
+    count_time = Cpt(RangeSignal, value=1.0, limits=(0.01, 100.0), units="s", kind="config")
     phase = Cpt(Signal, value=-1, kind="omitted")
     fractions = Cpt(Signal, value=np.zeros(3), kind="omitted")
     boundary_distance = Cpt(Signal, value=0.0, kind="omitted")

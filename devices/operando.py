@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 from ophyd import Component as Cpt
-from ophyd import Device, PositionerBase, Signal
+from ophyd import Device, PositionerBase
 from ophyd.status import DeviceStatus, MoveStatus
 from ophyd.utils import LimitError, ReadOnlyError
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+from smartlab_plugins.devices.signals import ArraySignal, RangeSignal, in_range
 
 CASE = "operando"
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -674,66 +675,12 @@ def simulate(n: int, seed: int = 0, config: OperandoConfig | None = None) -> Sim
 # --- ophyd devices -------------------------------------------------------------------------
 
 
-def _in_range(value: Any, low: float, high: float) -> bool:
-    """Whether ``value`` is a finite real number within [low, high]."""
-    real = (int, float, np.integer, np.floating)
-    is_real = isinstance(value, real) and not isinstance(value, bool)
-    return is_real and bool(np.isfinite(value)) and low <= value <= high
+class _ComputedSignal(ArraySignal):
+    """A read-only signal whose value only its device computes (via ``_update``).
 
-
-class _SimSignal(Signal):
-    """Soft signal with units and optional inclusive limits, checked before any change.
-
-    ``set`` and ``put`` refuse out-of-range (or non-finite) values with a
-    :class:`~ophyd.utils.LimitError` naming the signal and its range;
-    ``describe`` reports units, limits and, for arrays, the true shape and dtype.
+    An :class:`ArraySignal`, so computed frames are described with their real shape and
+    dtype; scalars (temperatures, the clock) are described as ophyd does.
     """
-
-    def __init__(
-        self, *args: Any, units: str = "", limits: tuple[float, float] | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._units = units
-        self._limits = limits
-
-    @property
-    def limits(self) -> tuple[float, float]:
-        """Inclusive (low, high) range; (0, 0) when unlimited."""
-        return self._limits or (0, 0)
-
-    def check_value(self, value: Any) -> None:
-        """Refuse values outside ``limits`` (inclusive), naming this signal and its range."""
-        super().check_value(value)
-        if self._limits is None:
-            return
-        low, high = self._limits
-        if not _in_range(value, low, high):
-            raise LimitError(
-                f"{self.name} = {value} {self._units} is outside its range [{low}, {high}] "
-                f"{self._units}"
-            )
-
-    def set(self, value: Any, **kwargs: Any) -> Any:
-        """Check ``value`` now (not in the setting thread), then set it."""
-        self.check_value(value)
-        return super().set(value, **kwargs)
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        """Data key with units, limits, and the real shape/dtype of array values."""
-        description = super().describe()
-        entry = description[self.name]
-        if self._units:
-            entry["units"] = self._units
-        if self._limits is not None:
-            entry["lower_ctrl_limit"], entry["upper_ctrl_limit"] = self._limits
-        value = self.get()
-        if isinstance(value, np.ndarray):
-            entry.update(dtype="array", shape=list(value.shape), dtype_numpy=value.dtype.str)
-        return description
-
-
-class _ComputedSignal(_SimSignal):
-    """A read-only signal whose value only its device computes (via ``_update``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -752,7 +699,7 @@ class _ComputedSignal(_SimSignal):
         super().put(value, force=True)
 
 
-class _RampTargetSignal(_SimSignal):
+class _RampTargetSignal(RangeSignal):
     """The controller's target temperature: writing it starts a ramp towards it, without waiting."""
 
     def put(self, value: Any, **kwargs: Any) -> None:
@@ -782,9 +729,9 @@ class TemperatureController(Device, PositionerBase):
     setpoint = Cpt(_ComputedSignal, value=300.0, kind="normal", units="K")
     target = Cpt(_RampTargetSignal, value=300.0, kind="normal", units="K", limits=(100.0, 800.0))
     clock = Cpt(_ComputedSignal, value=0.0, kind="normal", units="s")
-    ramp_rate = Cpt(_SimSignal, value=10.0, kind="config", units="K/min", limits=(0.1, 60.0))
-    time_constant = Cpt(_SimSignal, value=30.0, kind="config", units="s", limits=(1.0, 600.0))
-    settle_tolerance = Cpt(_SimSignal, value=0.1, kind="config", units="K", limits=(0.001, 10.0))
+    ramp_rate = Cpt(RangeSignal, value=10.0, kind="config", units="K/min", limits=(0.1, 60.0))
+    time_constant = Cpt(RangeSignal, value=30.0, kind="config", units="s", limits=(1.0, 600.0))
+    settle_tolerance = Cpt(RangeSignal, value=0.1, kind="config", units="K", limits=(0.001, 10.0))
 
     HISTORY_SAMPLES = 2001
 
@@ -799,7 +746,7 @@ class TemperatureController(Device, PositionerBase):
     ) -> None:
         super().__init__(prefix=prefix, name=name, **kwargs)
         self.readback.name = self.name
-        self.target._limits = (float(limits[0]), float(limits[1]))
+        self.target.set_limits(*limits)
         self._listeners: list[Callable[[np.ndarray], None]] = []
         self._segment = {"time": 0.0, "start": 0.0, "readback": 0.0, "target": 0.0, "rate": 1.0}
         self._now = 0.0
@@ -829,7 +776,7 @@ class TemperatureController(Device, PositionerBase):
     def check_value(self, value: Any) -> None:
         """Refuse a temperature outside the controller range, naming the range."""
         low, high = self.limits
-        if not _in_range(value, low, high):
+        if not in_range(value, low, high):
             raise LimitError(
                 f"{self.name} setpoint {value} K is outside the controller range [{low}, {high}] K"
             )
@@ -952,7 +899,7 @@ class OperandoDetector(Device):
 
     pattern = Cpt(_ComputedSignal, value=np.zeros(512, np.float32), kind="normal", units="counts")
     temperature = Cpt(_ComputedSignal, value=300.0, kind="normal", units="K")
-    frame_time = Cpt(_SimSignal, value=30.0, kind="config", units="s", limits=(0.01, 3600.0))
+    frame_time = Cpt(RangeSignal, value=30.0, kind="config", units="s", limits=(0.01, 3600.0))
     order_parameter = Cpt(_ComputedSignal, value=0.0, kind="omitted")
     ordered = Cpt(_ComputedSignal, value=0, kind="omitted")
 

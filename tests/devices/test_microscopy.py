@@ -258,7 +258,7 @@ def test_out_of_range_settings_raise_before_motion(
 ) -> None:
     stage, camera = devices
     stage.x.move(1.0)
-    with pytest.raises(LimitError, match=r"xy_x.*travel range"):
+    with pytest.raises(LimitError, match=r"xy_x=.* um is outside the allowed range \[0\.0, "):
         stage.x.move(CONFIG.travel_um + 0.1)
     with pytest.raises(LimitError, match="xy_y"):
         stage.y.move(-0.5)
