@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,8 +63,65 @@ def _replay(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from smartlab_plugins.simulate import write_case
 
-    path = write_case(args.case, args.n, args.out, seed=args.seed, chunk=args.chunk)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    path = write_case(
+        args.case, args.n, args.out, seed=args.seed, chunk=args.chunk, overrides=overrides
+    )
     print(f"wrote {args.n} {args.case} samples (seed {args.seed}) to {path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from smartlab_plugins.models.baselines import BASELINES, train_baselines
+    from smartlab_plugins.models.registry import task
+    from smartlab_plugins.models.training import TrainingConfig, train_model
+
+    if args.model in BASELINES:
+        card = train_baselines(args.model, args.n, args.seed, args.out)
+        print(
+            f"wrote {', '.join(m['file'] for m in card['models'].values())} and {args.model}.json"
+        )
+        print(json.dumps({k: m["metrics"] for k, m in card["models"].items()}, indent=2))
+        return 0
+
+    config = TrainingConfig(n_samples=args.n, seed=args.seed, max_minutes=args.minutes)
+    card = train_model(task(args.model), config, args.out)
+    print(f"wrote {args.out / card.weights_file} (sha256 {card.sha256[:16]}...) and its model card")
+    print(json.dumps(card.metrics, indent=2))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from smartlab_plugins.devices.dataset import SimulatedSet
+    from smartlab_plugins.models.finetune import finetune
+
+    card = finetune(
+        args.model,
+        SimulatedSet.load(args.data),
+        args.out,
+        seed=args.seed,
+        data_label=args.data.name,
+    )
+    base = card.training["finetuned_from"]["sha256"][:16]
+    print(f"wrote {args.out / card.weights_file} (fine-tuned from {base}...)")
+    print(f"plugins use it with SMARTLAB_MODEL_DIR={args.out}; check it with")
+    print(f"`smartlab evaluate {args.model} --dir {args.out}`")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from smartlab_plugins.models.evaluate import evaluate
+
+    report = evaluate(args.model, n=args.n, seed=args.seed, directory=args.dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{report['model']} (sha256 {report['sha256'][:16]}...), "
+            f"{args.n} new samples, seed {report['seed']}:"
+        )
+        for key, value in report["metrics"].items():
+            print(f"  {key}: {value}")
     return 0
 
 
@@ -101,6 +159,12 @@ def _ipython(args: argparse.Namespace) -> int:
     ]
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _setting(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -199,7 +263,65 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="samples per generator call (default: %(default)s)",
     )
+    simulate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="KEY=VALUE",
+        help="change a generator setting (a shifted instrument), e.g. resolution_fraction=0.06",
+    )
     simulate.set_defaults(func=_simulate)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model from simulated data and write its weights and model card",
+        description="Simulate a data set, split it by seed, train with Adam (cosine schedule, "
+        "early stopping, a time budget) and write MODEL.pt, MODEL.json (the model card) and "
+        "MODEL_curves.png. Uses CUDA when available.",
+    )
+    train.add_argument(
+        "model", choices=["spinwave_cnn", "phase_cnn", "spinwave_baselines", "phase_baselines"]
+    )
+    train.add_argument("--out", type=Path, default=Path("trained"), help="default: %(default)s")
+    train.add_argument("--n", type=_positive, default=10000, help="samples (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    train.add_argument(
+        "--minutes",
+        type=float,
+        default=4.75,
+        help="time budget, simulation included (default: %(default)s)",
+    )
+    train.set_defaults(func=_train)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="adapt a shipped model to a few labelled examples of a shifted instrument",
+        description="Freeze the model's convolutional layers and retrain its head on DATA (an "
+        "HDF5 set from `smartlab simulate`, or measured examples in the same layout).",
+    )
+    finetune.add_argument("model", choices=["spinwave_cnn", "phase_cnn"])
+    finetune.add_argument("data", type=Path, metavar="DATA")
+    finetune.add_argument(
+        "--out", type=Path, default=Path("finetuned"), help="default: %(default)s"
+    )
+    finetune.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    finetune.set_defaults(func=_finetune)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a shipped model on a freshly simulated test set",
+        description="Simulate N new samples from a seed the model's training never used and "
+        "print the metrics its model card reports.",
+    )
+    evaluate.add_argument("model", choices=["spinwave_cnn", "phase_cnn"])
+    evaluate.add_argument(
+        "--n", type=_positive, default=1000, help="samples (default: %(default)s)"
+    )
+    evaluate.add_argument("--seed", type=int, default=None, help="default: training seed + 1000")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--dir", type=Path, default=None, help="model folder (default: shipped)")
+    evaluate.set_defaults(func=_evaluate)
 
     ipython = commands.add_parser(
         "ipython",
@@ -220,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from smartlab_plugins.connection import TiledUnavailableError
     from smartlab_plugins.manager import UnknownPluginError
+    from smartlab_plugins.models.cards import ModelIntegrityError
 
     args = build_parser().parse_args(argv)
     try:
@@ -229,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         UnknownPluginError,
         KeyError,
         settings.ConfigurationError,
+        ModelIntegrityError,
     ) as exc:
         print(f"smartlab: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import logging
 import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -144,44 +144,84 @@ def _query_help(out: TextIO, target: Target, run_uid: str) -> None:
     print(QUERY_SNIPPET.format(uri=uri, run_uid=run_uid), file=out)
 
 
-def _instrument_scans(RE: Any, out: TextIO) -> list[tuple[str, str, str]]:
-    """Short scans of two simulated instruments; (title, detector field, run uid) each."""
+@dataclass
+class InstrumentScan:
+    """One short scan of a simulated instrument and the live results to show from it."""
+
+    title: str
+    plugin: str
+    columns: list[str]
+    uids: list[str] = field(default_factory=list)
+
+
+def _instrument_scans(RE: Any, out: TextIO) -> list[InstrumentScan]:
+    """Scans of three simulated instruments, each with its plugin live."""
     import bluesky.plans as bp
 
-    from smartlab_plugins.devices import mpb, operando
+    from smartlab_plugins.devices import ins, mpb, operando
 
     diffraction = mpb.make_devices(seed=1)
+    spectrometer = ins.make_devices(seed=1)["ins"]
     ramp = operando.make_devices(seed=1)
-    plans = [
+
+    def spin_waves():
+        for truth in ((0.55, 0.09, 0.05), (0.8, 0.15, 0.1)):
+            spectrometer.sample.set_truth(*truth)
+            yield from bp.count([spectrometer], 1, md={"hidden_truth_meV": truth})
+
+    scans = [
         (
-            "Diffraction across the morphotropic phase boundary, composition x from 0.3 to 0.7",
-            "mpb_image",
+            InstrumentScan(
+                "Inelastic neutron scattering, two samples (hidden truth J1, J2, D = "
+                "0.55, 0.09, 0.05 and 0.8, 0.15, 0.1 meV); spinwave_cnn live",
+                "spinwave_cnn",
+                ["j1", "j1_std", "j2", "j2_std", "d", "d_std"],
+            ),
+            spin_waves(),
+        ),
+        (
+            InstrumentScan(
+                "Diffraction across the morphotropic phase boundary, composition x from 0.3 "
+                "to 0.7; phase_cnn live",
+                "phase_cnn",
+                ["phase_name", "confidence", "p_rhombohedral", "p_monoclinic", "p_tetragonal"],
+            ),
             bp.scan([diffraction["mpb"]], diffraction["sample"].x, 0.3, 0.7, 9),
         ),
         (
-            "Operando powder pattern on a temperature ramp from 350 to 550 K",
-            "operando_pattern",
+            InstrumentScan(
+                "Operando powder pattern on a temperature ramp from 350 to 550 K; peak_stats live",
+                "peak_stats",
+                ["operando_pattern_max", "operando_pattern_argmax", "operando_pattern_fwhm"],
+            ),
             bp.scan([ramp["operando"]], ramp["temperature"], 350, 550, 11),
         ),
     ]
-    runs = []
-    for title, field, plan in plans:
-        print(f"{title}, peak_stats live ...", file=out)
-        (uid,) = RE(plan)
-        runs.append((title, field, uid))
-    return runs
+    for scan, plan in scans:
+        print(f"{scan.title} ...", file=out, flush=True)
+        scan.uids = list(RE(plan))
+    return [scan for scan, _ in scans]
 
 
-def _report_instruments(out: TextIO, client: Any, runs: list[tuple[str, str, str]]) -> None:
+def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -> None:
+    import pandas as pd
+
     from smartlab_plugins.results import find_analyses, read_events
 
-    for title, field, uid in runs:
-        (analysis,) = find_analyses(client, run_uid=uid, plugin="peak_stats")
-        table = read_events(analysis)
-        columns = [c for c in table.columns if c.startswith(field)][:4]
+    for scan in scans:
+        tables = []
+        for uid in scan.uids:
+            for analysis in find_analyses(client, run_uid=uid, plugin=scan.plugin):
+                tables.append(read_events(analysis).assign(run=uid[:8]))
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        shown = [c for c in ["run", "seq_num", *scan.columns] if c in table]
         print(
-            f"{title}:\n  run {uid}, {len(table)} frames analysed live; first frames:\n"
-            + table[["seq_num", *columns]].head(3).to_string(index=False, float_format="%.1f")
+            f"{scan.title}:\n"
+            + (
+                table[shown].to_string(index=False, float_format="%.3f")
+                if len(table)
+                else "  (no results)"
+            )
             + "\n",
             file=out,
         )

@@ -91,13 +91,16 @@ class RunContext:
 
     ``state`` is private to this plugin for this run: keep per-run state there
     (running sums, hidden states) rather than on the plugin object, so
-    overlapping runs and replays never mix.
+    overlapping runs and replays never mix. ``options`` are this plugin's
+    options for the run, from the start document:
+    ``RE(plan, smartlab={"options": {"<plugin>": {...}}})``.
     """
 
     uid: str
     start: Mapping[str, Any]
     descriptors: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def scan_id(self) -> int | None:

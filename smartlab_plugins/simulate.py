@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,13 +25,27 @@ CASES = {
     "operando": "smartlab_plugins.devices.operando",
     "microscopy": "smartlab_plugins.devices.microscopy",
 }
+CONFIGS = {
+    "ins": "SpinWaveConfig",
+    "mpb": "MPBConfig",
+    "operando": "OperandoConfig",
+    "microscopy": "MicroscopyConfig",
+}
 DEFAULT_CHUNK = 1000
 
 
 def simulate_case(
-    case: str, n: int, seed: int = 0, chunk: int = DEFAULT_CHUNK, progress: bool = True
+    case: str,
+    n: int,
+    seed: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = True,
+    config: Any = None,
 ) -> SimulatedSet:
-    """``n`` labelled samples of ``case`` (one of :data:`CASES`), deterministic for the seed."""
+    """``n`` labelled samples of ``case`` (one of :data:`CASES`), deterministic for the seed.
+
+    ``config`` is the instrument's generator config (its module's default if None).
+    """
     if case not in CASES:
         raise KeyError(f"unknown case {case!r}; choose one of {', '.join(CASES)}")
     if n < 1 or chunk < 1:
@@ -46,7 +61,7 @@ def simulate_case(
     parts = []
     with tqdm(total=n, unit="sample", desc=f"simulate {case}", disable=not progress) as bar:
         for size, part_seed in zip(sizes, seeds, strict=True):
-            parts.append(generator(size, seed=part_seed))
+            parts.append(generator(size, seed=part_seed, config=config))
             bar.update(size)
     first = parts[0]
     return SimulatedSet(
@@ -60,6 +75,35 @@ def simulate_case(
     )
 
 
-def write_case(case: str, n: int, out: Path, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> Path:
-    """Simulate and save to HDF5; return the path written."""
-    return simulate_case(case, n, seed=seed, chunk=chunk).save(out)
+def write_case(
+    case: str,
+    n: int,
+    out: Path,
+    seed: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+    overrides: dict[str, str] | None = None,
+) -> Path:
+    """Simulate (with config ``overrides``, e.g. a shifted instrument) and save to HDF5."""
+    config = configured(case, overrides or {})
+    return simulate_case(case, n, seed=seed, chunk=chunk, config=config).save(out)
+
+
+def configured(case: str, overrides: dict[str, str]) -> Any:
+    """The instrument's default generator config with ``overrides`` (text values) applied.
+
+    Raises KeyError naming the valid settings for an unknown one.
+    """
+    import dataclasses
+    import json
+
+    config_type = getattr(importlib.import_module(CASES[case]), CONFIGS[case])
+    defaults = config_type()
+    changes = {}
+    for key, text in overrides.items():
+        if not hasattr(defaults, key):
+            names = ", ".join(f.name for f in dataclasses.fields(config_type))
+            raise KeyError(f"{config_type.__name__} has no setting {key!r}; settings: {names}")
+        current = getattr(defaults, key)
+        value = json.loads(text) if isinstance(current, (tuple, list)) else type(current)(text)
+        changes[key] = tuple(value) if isinstance(current, tuple) else value
+    return dataclasses.replace(defaults, **changes)

@@ -46,7 +46,7 @@ class _Analysis:
     plugin: str
     info: PluginInfo
     context: RunContext
-    key: str
+    key: str | None = None  # set when the plugin first has data in this run
     fields: dict[str, list[str]] = field(default_factory=dict)
     events: int = 0
     failures: int = 0
@@ -61,6 +61,11 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     problems: int = 0
     dropped: int = 0
+
+    @property
+    def active(self) -> list[_Analysis]:
+        """The analyses whose plugin has had data (or a problem to record) in this run."""
+        return [a for a in self.analyses if a.key is not None]
 
 
 class Worker:
@@ -112,7 +117,7 @@ class Worker:
     def close(self) -> None:
         """Mark runs still open as interrupted; the publisher is closed by its owner."""
         for run in list(self._runs.values()):
-            for analysis in run.analyses:
+            for analysis in run.active:
                 self.publisher.close_analysis(
                     analysis.key, self._closing_metadata(run, analysis, "interrupted")
                 )
@@ -131,18 +136,44 @@ class Worker:
     # -- BatchSink ---------------------------------------------------------
 
     def open_run(self, start: Mapping[str, Any]) -> None:
+        """Note the run's plugins; each starts only when a stream brings it data."""
         uid = start["uid"]
-        names = self._plugins_for_run(start)
-        analyses = []
-        for name in names:
-            info = self.plugins.info(name)
-            context = RunContext(uid=uid, start=start)
-            metadata = {
+        analyses = [
+            _Analysis(
+                name,
+                self.plugins.info(name),
+                RunContext(uid, start, options=_plugin_options(start, name)),
+            )
+            for name in self._plugins_for_run(start)
+        ]
+        self._runs[uid] = _Run(uid, analyses)
+
+    def open_stream(self, run_uid: str, descriptor: Mapping[str, Any]) -> None:
+        run = self._runs[run_uid]
+        stream = descriptor.get("name", "primary")
+        for analysis in run.analyses:
+            analysis.context.descriptors[stream] = descriptor
+            selected, problems = select_fields(analysis.info.accepts, stream, descriptor)
+            analysis.fields[stream] = selected
+            if (selected or problems) and analysis.key is None:
+                self._activate(run, analysis)
+            for problem in problems:
+                self._record(run, analysis, "input", problem, stream=stream)
+
+    def _activate(self, run: _Run, analysis: _Analysis) -> None:
+        """Publish the analysis node and set the plugin up for this run.
+
+        A plugin whose set-up fails (e.g. no model) is disabled for the run at
+        once: it has nothing to analyse with.
+        """
+        start, info = analysis.context.start, analysis.info
+        analysis.key = self.publisher.open_analysis(
+            {
                 **self.annotations,
-                "run_uid": uid,
+                "run_uid": run.uid,
                 "scan_id": start.get("scan_id"),
                 "plan_name": start.get("plan_name"),
-                "plugin": name,
+                "plugin": analysis.plugin,
                 "plugin_version": info.version,
                 "model": info.model.name if info.model else None,
                 "sha256": info.model.sha256 if info.model else None,
@@ -152,23 +183,13 @@ class Worker:
                 "status": "running",
                 "started": time.time(),
             }
-            key = self.publisher.open_analysis(metadata)
-            analyses.append(_Analysis(name, info, context, key))
-        run = _Run(uid, analyses)
-        self._runs[uid] = run
-        for analysis in analyses:
-            self._call(run, analysis, "smartlab_start_run", stage="start_run", run=analysis.context)
-        logger.info("run %s: analysing with %s", uid[:8], ", ".join(names) or "no plugins")
-
-    def open_stream(self, run_uid: str, descriptor: Mapping[str, Any]) -> None:
-        run = self._runs[run_uid]
-        stream = descriptor.get("name", "primary")
-        for analysis in run.analyses:
-            analysis.context.descriptors[stream] = descriptor
-            selected, problems = select_fields(analysis.info.accepts, stream, descriptor)
-            analysis.fields[stream] = selected
-            for problem in problems:
-                self._record(run, analysis, "input", problem, stream=stream)
+        )
+        logger.info("run %s plugin %s: analysing", run.uid[:8], analysis.plugin)
+        failures = analysis.failures
+        self._call(run, analysis, "smartlab_start_run", stage="start_run", run=analysis.context)
+        if analysis.failures > failures and not analysis.disabled:
+            analysis.disabled = True
+            self._record(run, analysis, "disabled", "disabled for this run: set-up failed")
 
     def add_batch(self, run_uid: str, raw: RawBatch) -> None:
         run = self._runs[run_uid]
@@ -186,7 +207,7 @@ class Worker:
             return
         run.dropped = self._dropped.pop(run.uid, 0)
         status_of_run = stop.get("exit_status", "success")
-        for analysis in run.analyses:
+        for analysis in run.active:
             summary = None
             if not analysis.disabled:
                 summary = self._call(
@@ -215,7 +236,7 @@ class Worker:
                     "errors": a.errors,
                     "disabled": a.disabled,
                 }
-                for a in run.analyses
+                for a in run.active
             },
         }
         self.summaries.append(summary)
@@ -228,7 +249,7 @@ class Worker:
             return
         run.problems += 1
         logger.error("run %s: %s", run.uid[:8], problem)
-        for analysis in run.analyses:
+        for analysis in run.active:
             record = ErrorRecord(
                 plugin=analysis.plugin,
                 stage="input",
@@ -426,6 +447,13 @@ class Worker:
             "dropped": run.dropped,
             "streams": sorted(analysis.context.descriptors),
         }
+
+
+def _plugin_options(start: Mapping[str, Any], plugin: str) -> Mapping[str, Any]:
+    request = start.get(START_KEY)
+    options = request.get("options", {}) if isinstance(request, Mapping) else {}
+    chosen = options.get(plugin, {}) if isinstance(options, Mapping) else {}
+    return chosen if isinstance(chosen, Mapping) else {}
 
 
 def select_fields(

@@ -51,8 +51,9 @@ def test_demo_against_a_running_server_publishes_results_another_process_finds(t
         line.split()[-1] for line in result.stdout.splitlines() if line.startswith("Run uid:")
     )
     assert "beam_profile_centroid" in result.stdout
-    assert "9 frames analysed live" in result.stdout  # the diffraction scan
-    assert "11 frames analysed live" in result.stdout  # the operando ramp
+    assert "phase_cnn live" in result.stdout and "rhombohedral" in result.stdout
+    assert "spinwave_cnn live" in result.stdout and "j1_std" in result.stdout
+    assert "operando_pattern_fwhm" in result.stdout
     assert 'Key("run_uid") == uid' in result.stdout
 
     client = from_uri(tiled_server.uri, api_key=API_KEY)  # only tiled.client, as a user would

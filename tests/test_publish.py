@@ -49,7 +49,7 @@ def test_a_separate_process_reads_results_during_the_scan_without_errors(
 
     RE.subscribe(note)
     RE.subscribe(smartlab)
-    RE(bp.count([beam["beam"]], num=200, delay=0.03))
+    RE(bp.count([beam["beam"]], num=200, delay=0.05))
     smartlab.flush()
     assert reader.wait(timeout=120) == 0
     report = json.loads(report_file.read_text())

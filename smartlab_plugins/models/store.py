@@ -1,0 +1,113 @@
+"""Shipped models: find a model's card and weights, check them, and load them safely.
+
+Weights live in the package (``smartlab_plugins/models/weights/<name>.pt``)
+beside their model card (``<name>.json``). Loading verifies the SHA-256 in the
+card first, then reads the file with ``torch.load(weights_only=True)``, which
+refuses pickled code; a mismatch raises :class:`ModelIntegrityError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smartlab_plugins.hookspecs import ModelInfo
+from smartlab_plugins.models.cards import ModelCard, ModelIntegrityError
+from smartlab_plugins.models.nets import build
+
+__all__ = [
+    "LoadedModel",
+    "ModelIntegrityError",
+    "card_of",
+    "load_model",
+    "model_info",
+    "shared_model",
+    "shipped_dir",
+]
+
+
+def shipped_dir() -> Path:
+    """The package folder holding the shipped weights and cards."""
+    return Path(str(files("smartlab_plugins.models") / "weights"))
+
+
+def model_dir(name: str) -> Path:
+    """Where model ``name`` is loaded from: ``SMARTLAB_MODEL_DIR`` if it holds one, else shipped.
+
+    This is how plugins pick up a model made by ``smartlab finetune`` or
+    ``smartlab train``: its card and weights are checked the same way.
+    """
+    override = os.environ.get("SMARTLAB_MODEL_DIR")
+    if override and (Path(override) / f"{name}.json").is_file():
+        return Path(override)
+    return shipped_dir()
+
+
+def model_info(name: str) -> ModelInfo | None:
+    """The shipped model's name, hash and version for a plugin's description, or None."""
+    card = card_of(name)
+    return ModelInfo(card.name, card.sha256, card.version) if card else None
+
+
+def card_of(name: str, directory: Path | None = None) -> ModelCard | None:
+    """The model card of ``name``, or None if no such model is shipped."""
+    path = Path(directory or model_dir(name)) / f"{name}.json"
+    return ModelCard.load(path) if path.is_file() else None
+
+
+@dataclass
+class LoadedModel:
+    """A checked, ready network with its card, on the device it will run on."""
+
+    card: ModelCard
+    net: nn.Module
+    device: torch.device
+
+    def run(self, x: Any) -> torch.Tensor:
+        """Raw outputs for preprocessed inputs ``x`` (numpy), as a CPU float tensor.
+
+        On CUDA the batch is copied from pinned memory without blocking and the
+        forward pass runs under bfloat16 autocast.
+        """
+        batch = torch.as_tensor(x)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return self.net(batch).float().cpu()
+            return self.net(batch)
+
+
+def load_model(name: str, directory: Path | None = None, device: str | None = None) -> LoadedModel:
+    """Load model ``name``, refusing weights whose hash does not match the card."""
+    directory = Path(directory or model_dir(name))
+    card = card_of(name, directory)
+    if card is None:
+        raise ModelIntegrityError(
+            f"{name}: no model card {name}.json in {directory}; "
+            f"train one with `smartlab train {name}`"
+        )
+    return _load(card, directory, device)
+
+
+def _load(card: ModelCard, directory: Path, device: str | None) -> LoadedModel:
+    path = card.verify(directory)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = build(card.architecture)
+    net.load_state_dict(state)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(target).eval()
+    return LoadedModel(card, net, target)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_model(name: str) -> LoadedModel:
+    """The shipped model ``name``, loaded once per process and shared by all runs."""
+    return load_model(name)

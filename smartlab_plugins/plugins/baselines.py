@@ -1,0 +1,87 @@
+"""``spinwave_baselines`` and ``phase_baselines``: the classical models beside each CNN, live.
+
+Each runs a random forest (``rf``), gradient boosting (``gb``) and an RBF SVM
+(``svm``) on the documented features of :mod:`smartlab_plugins.models.baselines`
+and publishes their answers side by side: ``rf_j1``, ``gb_j1``, ``svm_j1``, ...
+(meV) for spin waves, ``rf_phase_name``, ``gb_phase_name``, ``svm_phase_name``
+(and class indices) for the phase. The comparison with the CNNs on a common
+test split is in each card (``smartlab_plugins/models/weights/*_baselines.json``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smartlab_plugins.hookspecs import (
+    DataSpec,
+    EventBatch,
+    ModelInfo,
+    PluginInfo,
+    Results,
+    RunContext,
+    hookimpl,
+)
+from smartlab_plugins.models.baselines import BASELINES, VERSION, BaselineSet, load_baselines
+from smartlab_plugins.models.inference import checked_field
+from smartlab_plugins.models.store import model_dir
+
+
+class BaselinesPlugin:
+    """The three baselines of one case as one plugin."""
+
+    def __init__(self, baselines: BaselineSet, field: str, shape: tuple[int, int]) -> None:
+        self.baselines = baselines
+        self.field = field
+        self.shape = shape
+        self._loaded: tuple[dict, dict] | None = None
+
+    @hookimpl
+    def smartlab_describe(self) -> PluginInfo:
+        """Reads the same field as its CNN; the models are the shipped skops files."""
+        card = model_dir(self.baselines.name) / f"{self.baselines.name}.json"
+        model = None
+        if card.is_file():
+            import hashlib
+
+            model = ModelInfo(
+                self.baselines.name, hashlib.sha256(card.read_bytes()).hexdigest(), VERSION
+            )
+        return PluginInfo(
+            name=self.baselines.name,
+            version=VERSION,
+            accepts=DataSpec(ndims=(2,), fields=(self.field,)),
+            summary=f"random forest, gradient boosting and SVM beside {self.baselines.cnn}",
+            model=model,
+        )
+
+    @hookimpl
+    def smartlab_start_run(self, run: RunContext) -> None:
+        """Load and check the three models once per process."""
+        if self._loaded is None:
+            self._loaded = load_baselines(self.baselines.name)
+        run.state["task"] = self.baselines.task()
+
+    @hookimpl
+    def smartlab_analyze(self, run: RunContext, batch: EventBatch) -> Results | None:
+        """Every model's answer for every event of the batch."""
+        if self.field not in batch.data or self._loaded is None:
+            return None
+        raw = checked_field(
+            self.baselines.name, batch, self.field, self.shape, run.options.get("resample", False)
+        )
+        features = self.baselines.features(raw)
+        task = run.state["task"]
+        scalars: dict[str, np.ndarray] = {}
+        for kind, model in self._loaded[1].items():
+            predicted = model.predict(features)
+            if self.baselines.kind == "regression":
+                values = task.physical(predicted)
+                scalars.update({f"{kind}_{p}": values[:, i] for i, p in enumerate(task.outputs)})
+            else:
+                scalars[f"{kind}_phase"] = predicted
+                scalars[f"{kind}_phase_name"] = np.array(task.outputs, dtype=object)[predicted]
+        return Results(scalars=scalars)
+
+
+spinwave_baselines = BaselinesPlugin(BASELINES["spinwave_baselines"], "ins_sqw", (96, 160))
+phase_baselines = BaselinesPlugin(BASELINES["phase_baselines"], "mpb_image", (97, 243))

@@ -1,0 +1,76 @@
+"""``spinwave_cnn``: exchange constants J1, J2, D (meV) with uncertainties, per INS map.
+
+Reads the ``ins_sqw`` field (96 x 160 S(|Q|, E) counts maps, as the simulated
+chopper spectrometer records them) and publishes, per event, ``j1``, ``j2``,
+``d`` and their standard deviations ``j1_std``, ``j2_std``, ``d_std`` in meV.
+The model, its training and its test-set accuracy are in its model card
+(``smartlab_plugins/models/weights/spinwave_cnn.json``).
+
+Options (per run, ``RE(plan, smartlab={"options": {"spinwave_cnn": {...}}})``):
+``resample: True`` interpolates a map on a different grid onto 96 x 160;
+``saliency: True`` also publishes ``saliency`` (96 x 160), the gradient
+magnitude of the predicted J1 with respect to the map: where the answer came from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smartlab_plugins.hookspecs import (
+    DataSpec,
+    EventBatch,
+    PluginInfo,
+    Results,
+    RunContext,
+    hookimpl,
+)
+from smartlab_plugins.models import spinwave
+from smartlab_plugins.models.inference import checked_field, device_name, gradient_saliency
+from smartlab_plugins.models.store import model_info, shared_model
+
+NAME = spinwave.NAME
+FIELD = "ins_sqw"
+
+
+@hookimpl
+def smartlab_describe() -> PluginInfo:
+    """Reads ``ins_sqw`` maps; the model is the shipped ``spinwave_cnn`` weights."""
+    return PluginInfo(
+        name=NAME,
+        version=spinwave.VERSION,
+        accepts=DataSpec(ndims=(2,), fields=(FIELD,)),
+        summary="J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)",
+        model=model_info(NAME),
+        device=device_name(),
+    )
+
+
+@hookimpl
+def smartlab_start_run(run: RunContext) -> None:
+    """Load (once per process) and check the model before the first event."""
+    run.state["model"] = shared_model(NAME)
+    run.state["task"] = spinwave.SpinWaveTask()
+
+
+@hookimpl
+def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
+    """Predict the exchange constants of every map in the batch."""
+    if FIELD not in batch.data:
+        return None
+    maps = checked_field(
+        NAME, batch, FIELD, spinwave.FIELD_SHAPE, run.options.get("resample", False)
+    )
+    model, task = run.state["model"], run.state["task"]
+    x = spinwave.preprocess(maps)
+    mean, std = task.interpret(model.run(x), model.card.extras)
+    results = Results(
+        scalars={
+            **{p: mean[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
+            **{f"{p}_std": std[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
+        }
+    )
+    if run.options.get("saliency"):
+        saliency = gradient_saliency(model, x, output_index=0)
+        results.arrays["saliency"] = np.repeat(np.repeat(saliency, 2, axis=1), 2, axis=2)
+        results.dims["saliency"] = ("q", "energy")
+    return results

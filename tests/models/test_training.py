@@ -1,0 +1,56 @@
+"""The shared training layer: tiny models learn, cards are complete, shipped claims hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smartlab_plugins.models.evaluate import evaluate
+from smartlab_plugins.models.phase import PhaseTask
+from smartlab_plugins.models.spinwave import SpinWaveTask
+from smartlab_plugins.models.store import load_model
+from smartlab_plugins.models.training import TrainingConfig, train_model
+from smartlab_plugins.settings import ConfigurationError
+
+
+def test_a_tiny_spinwave_cnn_learns_and_writes_a_complete_card(tmp_path):
+    config = TrainingConfig(n_samples=1000, max_epochs=8, max_minutes=1.5, seed=3)
+    card = train_model(SpinWaveTask(), config, tmp_path, progress=False)
+
+    assert card.metrics["j1"]["relative_mae"] < 0.10  # held-out test split, 100 maps
+    assert card.data["generator_seed"] == 3
+    assert card.data["sizes"] == {"train": 800, "validation": 100, "test": 100}
+    assert card.data["generator_config"]["ei"] == 20.0
+    assert card.training["epochs_run"] >= 1 and card.training["optimizer"] == "Adam"
+    assert card.preprocessing["steps"][0] == "log1p(counts)"
+    assert (tmp_path / "spinwave_cnn_curves.png").stat().st_size > 1000
+    stored = json.loads((tmp_path / "spinwave_cnn.json").read_text())
+    assert stored["sha256"] == card.sha256
+    assert load_model("spinwave_cnn", tmp_path, device="cpu").card.sha256 == card.sha256
+
+
+def test_a_tiny_phase_cnn_learns_the_phases_away_from_the_boundary(tmp_path):
+    config = TrainingConfig(n_samples=1000, max_epochs=6, max_minutes=1.5, seed=4)
+    card = train_model(PhaseTask(), config, tmp_path, progress=False)
+    assert card.metrics["accuracy_away_from_boundary"] > 0.9
+    assert 0.2 < card.extras["temperature"] < 5.0
+
+
+def test_the_shipped_spinwave_cnn_meets_its_accuracy_target_on_new_data():
+    report = evaluate("spinwave_cnn", n=300, seed=2024)
+    for name in ("j1", "j2", "d"):
+        assert report["metrics"][name]["relative_mae"] <= 0.05, name
+        assert 0.55 <= report["metrics"][name]["coverage_68"] <= 0.8, name
+
+
+def test_the_shipped_phase_cnn_meets_its_accuracy_target_on_new_data():
+    report = evaluate("phase_cnn", n=400, seed=2024)
+    assert report["metrics"]["n_away_from_boundary"] > 100
+    assert report["metrics"]["accuracy_away_from_boundary"] >= 0.99
+    assert report["metrics"]["expected_calibration_error"] < 0.05
+
+
+def test_evaluate_refuses_the_training_seed():
+    with pytest.raises(ConfigurationError, match="generated spinwave_cnn's training data"):
+        evaluate("spinwave_cnn", n=10, seed=0)
