@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from smartlab_plugins import settings
 
 QUERY_SNIPPET = """\
@@ -144,6 +146,9 @@ def _query_help(out: TextIO, target: Target, run_uid: str) -> None:
     print(QUERY_SNIPPET.format(uri=uri, run_uid=run_uid), file=out)
 
 
+COMPOSITIONS = [0.3, 0.4, 0.45, 0.47, 0.475, 0.48, 0.5, 0.6, 0.7]
+
+
 @dataclass
 class InstrumentScan:
     """One short scan of a simulated instrument and the live results to show from it."""
@@ -181,12 +186,16 @@ def _instrument_scans(RE: Any, out: TextIO) -> list[InstrumentScan]:
         ),
         (
             InstrumentScan(
-                "Diffraction across the morphotropic phase boundary, composition x from 0.3 "
-                "to 0.7; phase_cnn live",
+                "Diffraction across the morphotropic phase boundary (x_MPB = 0.475 at 300 K), "
+                "composition x from 0.3 to 0.7; phase_cnn live",
                 "phase_cnn",
-                ["phase_name", "confidence", "p_rhombohedral", "p_monoclinic", "p_tetragonal"],
+                ["sample_x", "true_phase", "phase_name", "confidence", "p_monoclinic"],
             ),
-            bp.scan([diffraction["mpb"]], diffraction["sample"].x, 0.3, 0.7, 9),
+            bp.list_scan(
+                [diffraction["mpb"], diffraction["sample"].temperature],
+                diffraction["sample"].x,
+                COMPOSITIONS,
+            ),
         ),
         (
             InstrumentScan(
@@ -214,6 +223,8 @@ def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -
             for analysis in find_analyses(client, run_uid=uid, plugin=scan.plugin):
                 tables.append(read_events(analysis).assign(run=uid[:8]))
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if scan.plugin == "phase_cnn" and len(table):
+            table = _with_true_phase(client, scan.uids[0], table)
         shown = [c for c in ["run", "seq_num", *scan.columns] if c in table]
         print(
             f"{scan.title}:\n"
@@ -225,6 +236,17 @@ def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -
             + "\n",
             file=out,
         )
+
+
+def _with_true_phase(client: Any, uid: str, table: Any) -> Any:
+    """Add the scanned composition and the simulator's hidden phase, to compare with."""
+    from smartlab_plugins.devices import mpb
+
+    primary = client[uid]["primary"]
+    x = np.asarray(primary["sample_x"].read())
+    temperature = np.asarray(primary["sample_temperature"].read())
+    truth = [mpb.PHASE_NAMES[mpb.truth_at(a, t).phase] for a, t in zip(x, temperature, strict=True)]
+    return table.assign(sample_x=x[: len(table)], true_phase=truth[: len(table)])
 
 
 def _number(value: float | None) -> str:
