@@ -176,6 +176,7 @@ class Worker:
                 "plugin": analysis.plugin,
                 "plugin_version": info.version,
                 "model": info.model.name if info.model else None,
+                "model_version": info.model.version if info.model else None,
                 "sha256": info.model.sha256 if info.model else None,
                 "device": info.device,
                 "accepts": info.accepts.describe(),

@@ -5,13 +5,40 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from smartlab_plugins.hookspecs import EventBatch
-from smartlab_plugins.models.store import LoadedModel
+from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, RunContext
+from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
 
 
 def device_name() -> str:
     """Where models run: ``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def describe_model_plugin(name: str, version: str, field: str, summary: str) -> PluginInfo:
+    """The description of a plugin that runs shipped model ``name`` on one 2-D ``field``."""
+    return PluginInfo(
+        name=name,
+        version=version,
+        accepts=DataSpec(ndims=(2,), fields=(field,)),
+        summary=summary,
+        model=model_info(name),
+        device=device_name(),
+    )
+
+
+def start_model_run(run: RunContext, name: str, task: object) -> None:
+    """Load (once per process) and check model ``name`` before the run's first event."""
+    run.state["model"] = shared_model(name)
+    run.state["task"] = task
+
+
+def model_input(
+    run: RunContext, batch: EventBatch, name: str, field: str, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The batch's ``field`` checked (resampled, if the run asks) to ``shape``; None if absent."""
+    if field not in batch.data:
+        return None
+    return checked_field(name, batch, field, shape, bool(run.options.get("resample", False)))
 
 
 def checked_field(

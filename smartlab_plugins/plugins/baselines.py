@@ -22,7 +22,7 @@ from smartlab_plugins.hookspecs import (
     hookimpl,
 )
 from smartlab_plugins.models.baselines import BASELINES, VERSION, BaselineSet, load_baselines
-from smartlab_plugins.models.inference import checked_field
+from smartlab_plugins.models.inference import model_input
 from smartlab_plugins.models.store import model_dir
 
 
@@ -64,11 +64,9 @@ class BaselinesPlugin:
     @hookimpl
     def smartlab_analyze(self, run: RunContext, batch: EventBatch) -> Results | None:
         """Every model's answer for every event of the batch."""
-        if self.field not in batch.data or self._loaded is None:
+        raw = model_input(run, batch, self.baselines.name, self.field, self.shape)
+        if raw is None or self._loaded is None:
             return None
-        raw = checked_field(
-            self.baselines.name, batch, self.field, self.shape, run.options.get("resample", False)
-        )
         features = self.baselines.features(raw)
         task = run.state["task"]
         scalars: dict[str, np.ndarray] = {}

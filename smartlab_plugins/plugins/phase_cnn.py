@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from smartlab_plugins.hookspecs import (
-    DataSpec,
-    EventBatch,
-    PluginInfo,
-    Results,
-    RunContext,
-    hookimpl,
-)
+from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import phase
-from smartlab_plugins.models.inference import checked_field, device_name, gradient_saliency
-from smartlab_plugins.models.store import model_info, shared_model
+from smartlab_plugins.models.inference import (
+    describe_model_plugin,
+    gradient_saliency,
+    model_input,
+    start_model_run,
+)
 
 NAME = phase.NAME
 FIELD = "mpb_image"
@@ -37,31 +34,22 @@ FIELD = "mpb_image"
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``mpb_image`` frames; the model is the shipped ``phase_cnn`` weights."""
-    return PluginInfo(
-        name=NAME,
-        version=phase.VERSION,
-        accepts=DataSpec(ndims=(2,), fields=(FIELD,)),
-        summary="crystal phase probabilities from diffraction frames (the talk's CNN)",
-        model=model_info(NAME),
-        device=device_name(),
-    )
+    summary = "crystal phase probabilities from diffraction frames (the talk's CNN)"
+    return describe_model_plugin(NAME, phase.VERSION, FIELD, summary)
 
 
 @hookimpl
 def smartlab_start_run(run: RunContext) -> None:
     """Load (once per process) and check the model before the first event."""
-    run.state["model"] = shared_model(NAME)
-    run.state["task"] = phase.PhaseTask()
+    start_model_run(run, NAME, phase.PhaseTask())
 
 
 @hookimpl
 def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     """Classify every frame of the batch."""
-    if FIELD not in batch.data:
+    frames = model_input(run, batch, NAME, FIELD, phase.FIELD_SHAPE)
+    if frames is None:
         return None
-    frames = checked_field(
-        NAME, batch, FIELD, phase.FIELD_SHAPE, run.options.get("resample", False)
-    )
     model, task = run.state["model"], run.state["task"]
     x = phase.preprocess(frames)
     probabilities = task.probabilities(model.run(x), model.card.extras)

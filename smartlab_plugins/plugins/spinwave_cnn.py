@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from smartlab_plugins.hookspecs import (
-    DataSpec,
-    EventBatch,
-    PluginInfo,
-    Results,
-    RunContext,
-    hookimpl,
-)
+from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import spinwave
-from smartlab_plugins.models.inference import checked_field, device_name, gradient_saliency
-from smartlab_plugins.models.store import model_info, shared_model
+from smartlab_plugins.models.inference import (
+    describe_model_plugin,
+    gradient_saliency,
+    model_input,
+    start_model_run,
+)
 
 NAME = spinwave.NAME
 FIELD = "ins_sqw"
@@ -35,31 +32,22 @@ FIELD = "ins_sqw"
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``ins_sqw`` maps; the model is the shipped ``spinwave_cnn`` weights."""
-    return PluginInfo(
-        name=NAME,
-        version=spinwave.VERSION,
-        accepts=DataSpec(ndims=(2,), fields=(FIELD,)),
-        summary="J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)",
-        model=model_info(NAME),
-        device=device_name(),
-    )
+    summary = "J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)"
+    return describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary)
 
 
 @hookimpl
 def smartlab_start_run(run: RunContext) -> None:
     """Load (once per process) and check the model before the first event."""
-    run.state["model"] = shared_model(NAME)
-    run.state["task"] = spinwave.SpinWaveTask()
+    start_model_run(run, NAME, spinwave.SpinWaveTask())
 
 
 @hookimpl
 def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     """Predict the exchange constants of every map in the batch."""
-    if FIELD not in batch.data:
+    maps = model_input(run, batch, NAME, FIELD, spinwave.FIELD_SHAPE)
+    if maps is None:
         return None
-    maps = checked_field(
-        NAME, batch, FIELD, spinwave.FIELD_SHAPE, run.options.get("resample", False)
-    )
     model, task = run.state["model"], run.state["task"]
     x = spinwave.preprocess(maps)
     mean, std = task.interpret(model.run(x), model.card.extras)

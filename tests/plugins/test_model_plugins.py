@@ -32,6 +32,7 @@ def test_spinwave_cnn_recovers_the_exchange_constants_live(RE, make_smartlab, cl
     for uid, truth in zip(uids, truths, strict=True):
         analysis = analysis_of(client, uid, "spinwave_cnn")
         assert analysis.metadata["model"] == "spinwave_cnn"
+        assert analysis.metadata["model_version"] == "1.0.0"
         assert len(analysis.metadata["sha256"]) == 64
         row = read_events(analysis).iloc[0]
         for name, value in zip(("j1", "j2", "d"), truth, strict=True):
