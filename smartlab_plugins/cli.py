@@ -11,12 +11,14 @@ from pathlib import Path
 from smartlab_plugins import settings
 
 PROFILE_NAME = "smartlab"
+DATA_DIR_DEFAULT = "$SMARTLAB_DATA_DIR, else $XDG_DATA_HOME/smartlab or ~/.local/share/smartlab"
 
 
 def _serve(args: argparse.Namespace) -> int:
     from smartlab_plugins.server import serve
 
-    serve(args.data_dir, host=args.host, port=args.port, public=args.public)
+    data_dir = args.data_dir or settings.default_data_dir()
+    serve(data_dir, host=args.host, port=args.port, public=args.public)
     return 0
 
 
@@ -191,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data-dir",
         type=Path,
-        default=settings.default_data_dir(),
-        help="catalog, files and key (default: %(default)s; env SMARTLAB_DATA_DIR)",
+        default=None,
+        help=f"catalog, files and key (default: {DATA_DIR_DEFAULT})",
     )
     serve.add_argument("--host", default=settings.DEFAULT_HOST, help="default: %(default)s")
     serve.add_argument(
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=None,
-        help=f"data folder of the embedded server (default: {settings.default_data_dir()})",
+        help=f"data folder of the embedded server (default: {DATA_DIR_DEFAULT})",
     )
     demo.add_argument("--points", type=int, default=41, help="scan points (default: %(default)s)")
     demo.set_defaults(func=_demo)

@@ -1,6 +1,6 @@
 """Figures for docs/devices/ins.md: typical S(|Q|, E) maps and what each parameter does.
 
-Run with ``/work/main/.venv/bin/python docs/scripts/figures_ins.py``; writes
+Run with ``.venv/bin/python docs/scripts/figures_ins.py``; writes
 ``docs/figures/ins_*.png``.
 """
 
