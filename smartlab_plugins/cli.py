@@ -29,8 +29,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from smartlab_plugins.connection import connect
+    from smartlab_plugins.status import format_rows, recent_analyses
+
+    uri = args.tiled or settings.tiled_uri()
+    client = connect(uri, settings.api_key())
+    print(f"Tiled server {uri}: the {args.limit} most recent analyses")
+    print(format_rows(recent_analyses(client, args.limit)))
+    return 0
+
+
 def _plugins_list(args: argparse.Namespace) -> int:
     from smartlab_plugins.manager import PluginManager
+    from smartlab_plugins.status import format_table
 
     manager = PluginManager()
     rows = [("NAME", "VERSION", "SOURCE", "ACCEPTS", "MODEL", "DEVICE")]
@@ -40,11 +52,7 @@ def _plugins_list(args: argparse.Namespace) -> int:
         rows.append(
             (name, info.version, manager.source(name), info.accepts.describe(), model, info.device)
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print(format_table(rows))
     return 0
 
 
@@ -226,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--points", type=int, default=41, help="scan points (default: %(default)s)")
     demo.set_defaults(func=_demo)
+
+    status = commands.add_parser(
+        "status",
+        help="recent analyses on the Tiled server: plugin, run, status, events, errors, drops",
+    )
+    status.add_argument("--tiled", metavar="URI", help="default: SMARTLAB_TILED_URI")
+    status.add_argument("--limit", type=_positive, default=10, help="default: %(default)s")
+    status.set_defaults(func=_status)
 
     plugins = commands.add_parser("plugins", help="inspect analysis plugins")
     plugin_commands = plugins.add_subparsers(

@@ -40,8 +40,10 @@ def start_session(tiled_uri: str | None = None, api_key: str | None = None) -> d
     sl = SmartLab(uri, key)
     RE.subscribe(sl)
     c = from_uri(uri, api_key=key)
+    _add_magics(sl, c)
     plugins = ", ".join(sl.plugins.names())
     print(f"SmartLab: RE, bp, bps, sl, c ready; plugins: {plugins}; Tiled at {uri}")
+    print("SmartLab: %smartlab status | plugins | enable NAME | disable NAME | latest [PLUGIN]")
     return {
         "RE": RE,
         "bp": bp,
@@ -54,3 +56,16 @@ def start_session(tiled_uri: str | None = None, api_key: str | None = None) -> d
         "read_events": read_events,
         **make_devices(),
     }
+
+
+def _add_magics(smartlab: Any, client: Any) -> None:
+    """Register ``%smartlab`` when running inside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        from smartlab_plugins.magics import register
+
+        register(shell, smartlab, client)

@@ -85,3 +85,19 @@ def test_errors_are_one_clear_line_not_a_traceback():
     assert result.returncode == 2
     assert result.stderr.startswith("smartlab: error: could not reach a Tiled server")
     assert "Traceback" not in result.stderr
+
+
+def test_status_lists_recent_analyses_with_their_counts(tiled_server, RE, make_smartlab):
+    import bluesky.plans as bp
+    from ophyd.sim import det
+
+    smartlab_cb = make_smartlab(plugins=["peak_stats"])
+    RE.subscribe(smartlab_cb)
+    (uid,) = RE(bp.count([det], 4))
+    smartlab_cb.flush()
+    env = {**os.environ, "SMARTLAB_API_KEY": API_KEY}
+    result = smartlab("status", "--tiled", tiled_server.uri, "--limit", "3", env=env)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()[1:]
+    assert header.split() == ["started", "plugin", "run", "status", "events", "errors", "dropped"]
+    assert any(uid[:8] in row and "complete" in row and " 4 " in f" {row} " for row in rows)

@@ -1,0 +1,104 @@
+"""``%smartlab``: the session's SmartLab at the IPython prompt.
+
+%smartlab status            queue depth, drops, the worker, recent analyses on the server
+%smartlab plugins           installed plugins, and which run in this session
+%smartlab enable NAME       run a plugin from the next run on
+%smartlab disable NAME      stop running a plugin from the next run on
+%smartlab latest [PLUGIN]   the newest results (of PLUGIN), fetched from Tiled
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from smartlab_plugins.status import format_rows, format_table, recent_analyses
+
+
+@magics_class
+class SmartLabMagics(Magics):
+    """Line magic ``%smartlab`` bound to one SmartLab callback and one Tiled client."""
+
+    def __init__(self, shell: Any, smartlab: Any, client: Any) -> None:
+        super().__init__(shell)
+        self.smartlab = smartlab
+        self.client = client
+
+    @line_magic
+    def smartlab(self, line: str) -> None:
+        """Dispatch ``%smartlab <command> [argument]``; with no command, print the usage."""
+        command, _, argument = line.strip().partition(" ")
+        actions = {
+            "status": self._status,
+            "plugins": self._plugins,
+            "enable": self._enable,
+            "disable": self._disable,
+            "latest": self._latest,
+        }
+        action = actions.get(command)
+        if action is None:
+            print(__doc__)
+            return
+        try:
+            action(argument.strip())
+        except KeyError as exc:  # an unknown plugin: the message lists the known ones
+            print(f"smartlab: {exc.args[0] if exc.args else exc}")
+
+    def _status(self, _: str) -> None:
+        status = self.smartlab.status()
+        worker = status.get("worker", {})
+        publisher = worker.get("publisher", {})
+        print(
+            f"worker {'running' if status['worker_alive'] else 'STOPPED'}; "
+            f"documents taken {status['accepted']}, waiting {status['pending']}, "
+            f"dropped {status['dropped']}; runs finished {status['runs_finished']}; "
+            f"open runs {len(worker.get('open_runs', []))}; publisher queue "
+            f"{publisher.get('queued', '?')}, writes {publisher.get('written', '?')}, "
+            f"failed writes {publisher.get('failed', '?')}"
+        )
+        print(format_rows(recent_analyses(self.client, 5)))
+
+    def _plugins(self, _: str) -> None:
+        enabled = set(self.smartlab.enabled)
+        manager = self.smartlab.plugins
+        rows = [("NAME", "IN THIS SESSION", "VERSION", "MODEL")]
+        for name in manager.names():
+            model = manager.info(name).model
+            rows.append(
+                (
+                    name,
+                    "on" if name in enabled else "off",
+                    manager.info(name).version,
+                    model.name if model else "-",
+                )
+            )
+        print(format_table(rows))
+
+    def _enable(self, name: str) -> None:
+        self.smartlab.enable(name)
+        print(f"{name} runs from the next run on")
+
+    def _disable(self, name: str) -> None:
+        self.smartlab.disable(name)
+        print(f"{name} no longer runs from the next run on")
+
+    def _latest(self, plugin: str) -> None:
+        from smartlab_plugins.results import find_analyses, read_events
+
+        found = find_analyses(self.client, plugin=plugin or None)
+        if not found:
+            print(f"no results{' of ' + plugin if plugin else ''} yet")
+            return
+        latest = found[-1]  # find_analyses sorts oldest first
+        metadata = latest.metadata
+        run = f"run {metadata['run_uid'][:8]} (scan {metadata.get('scan_id')})"
+        print(
+            f"{metadata['plugin']} on {run}: {metadata['status']}, {metadata.get('events')} events"
+        )
+        print(read_events(latest).tail(10).to_string(index=False))
+
+
+def register(shell: Any, smartlab: Any, client: Any) -> None:
+    """Add ``%smartlab`` to an IPython shell."""
+    shell.register_magics(SmartLabMagics(shell, smartlab, client))
