@@ -228,6 +228,27 @@ class SmartLab:
             raise
         return name
 
+    def add_live_view(self, view: Any) -> None:
+        """Send a live view (:mod:`smartlab_plugins.live`) the results of its plugin as they come.
+
+        The worker forwards results beside publishing them; the view only queues
+        them, and draws on the GUI thread, so the RunEngine never waits for a plot.
+        """
+        self._host.result_callbacks.append(view)
+        self._update_live()
+
+    def remove_live_view(self, view: Any) -> None:
+        self._host.result_callbacks.remove(view)
+        self._update_live()
+
+    def _update_live(self) -> None:
+        wanted: dict[str, dict[str, bool]] = {}
+        for view in self._host.result_callbacks:
+            entry = wanted.setdefault(view.plugin, {"arrays": False, "inputs": False})
+            entry["arrays"] |= getattr(view, "wants_arrays", False)
+            entry["inputs"] |= getattr(view, "wants_inputs", False)
+        self._host.request("live", wanted)
+
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until every document taken so far is analysed and published."""
         target = self._accepted

@@ -10,8 +10,9 @@ cannot be pickled.
 Both hosts speak the same small protocol over a pair of channels (a pipe for
 the process, queues for the thread), served by :func:`serve`:
 
-parent to worker: ``ship``, ``enable``, ``disable``, ``register``, ``status``, ``flush``, ``close``
-worker to parent: ``ready``/``failed`` (once), ``log``, ``run`` (a run's summary), ``reply``
+parent to worker: ``ship``, ``enable``, ``disable``, ``register``, ``status``, ``live``,
+``flush``, ``close``; worker to parent: ``ready``/``failed`` (once), ``log``, ``run`` (a run's
+summary), ``results`` (for live views), ``reply``
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def serve(recv: Callable[[], tuple], send: Callable[[tuple], None], config: Work
     except Exception as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    session.worker.on_results = lambda message: send(("results", message))
     send(("ready", {"plugins": session.worker.plugins.names(), "enabled": session.worker.enabled}))
     while True:
         try:
@@ -142,6 +144,9 @@ def _control(session: Session, kind: str, payload: Any) -> Any:
         return worker.plugins.register(from_reference(payload))
     if kind == "status":
         return worker.stats()
+    if kind == "live":
+        worker.live = dict(payload)
+        return sorted(worker.live)
     if kind == "flush":
         return session.flush(payload)
     raise ValueError(f"unknown worker request {kind!r}")
@@ -154,6 +159,8 @@ class WorkerHost:
         self.config = config
         self.alive = False
         self.summaries: list[dict[str, Any]] = []
+        #: Called (on the listener thread) with each live-results message.
+        self.result_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._send_lock = threading.Lock()
         self._request_lock = threading.Lock()
         self._replies: queue.Queue = queue.Queue()
@@ -227,10 +234,19 @@ class WorkerHost:
                 logging.getLogger(record.name).handle(record)
             elif kind == "run":
                 self.summaries.append(payload)
+            elif kind == "results":
+                self._deliver(payload)
             elif kind == "reply":
                 self._replies.put(payload)
             if kind == "failed":
                 return
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        for callback in list(self.result_callbacks):
+            try:
+                callback(message)
+            except Exception:
+                logger.exception("a live view failed on results of %s", message.get("plugin"))
 
     # -- channels, per host ------------------------------------------------
 

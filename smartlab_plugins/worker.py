@@ -94,6 +94,9 @@ class Worker:
         self._runs: dict[str, _Run] = {}
         self._dropped: dict[str, int] = {}
         self.summaries: list[dict[str, Any]] = []
+        #: Live views: plugins whose results are also passed to ``on_results`` as they come.
+        self.live: dict[str, dict[str, bool]] = {}
+        self.on_results: Callable[[dict[str, Any]], None] | None = None
 
     # -- input -------------------------------------------------------------
 
@@ -361,6 +364,9 @@ class Worker:
         if results is None or not (results.scalars or results.arrays):
             return
         self.publisher.append(analysis.key, batch.stream, batch.seq_num, batch.time, results)
+        wanted = self.live.get(analysis.plugin)
+        if wanted is not None and self.on_results is not None:
+            self.on_results(live_message(run.uid, analysis.plugin, batch, results, **wanted))
 
     def _call(self, owner: _Run, analysis: _Analysis, hook: str, stage: str, **kwargs: Any) -> Any:
         """Call one plugin's hook; a failure is recorded and returns None."""
@@ -448,6 +454,31 @@ class Worker:
             "dropped": run.dropped,
             "streams": sorted(analysis.context.descriptors),
         }
+
+
+def live_message(
+    run_uid: str,
+    plugin: str,
+    batch: EventBatch,
+    results: Results,
+    arrays: bool = False,
+    inputs: bool = False,
+) -> dict[str, Any]:
+    """A batch's results for live views: scalars and context for every event, and the
+    last event's result arrays and input fields only if asked (they can be large)."""
+    message: dict[str, Any] = {
+        "run_uid": run_uid,
+        "plugin": plugin,
+        "stream": batch.stream,
+        "seq_num": batch.seq_num.tolist(),
+        "scalars": {k: np.asarray(v).tolist() for k, v in results.scalars.items()},
+        "context": {k: np.asarray(v).tolist() for k, v in batch.context.items()},
+    }
+    if arrays:
+        message["arrays"] = {k: np.asarray(v)[-1] for k, v in results.arrays.items()}
+    if inputs:
+        message["inputs"] = {k: np.asarray(v)[-1] for k, v in batch.data.items()}
+    return message
 
 
 def _plugin_options(start: Mapping[str, Any], plugin: str) -> Mapping[str, Any]:

@@ -12,6 +12,7 @@ from bluesky import RunEngine
 from smartlab_plugins.server import EmbeddedServer
 
 API_KEY = "smartlabtestkey"
+os.environ.setdefault("MPLBACKEND", "Agg")  # live views draw off screen in tests
 
 
 @pytest.fixture(scope="session")

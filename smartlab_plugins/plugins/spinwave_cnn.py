@@ -10,9 +10,15 @@ Options (per run, ``RE(plan, smartlab={"options": {"spinwave_cnn": {...}}})``):
 ``resample: True`` interpolates a map on a different grid onto 96 x 160;
 ``saliency: True`` also publishes ``saliency`` (96 x 160), the gradient
 magnitude of the predicted J1 with respect to the map: where the answer came from.
+
+The model was trained at one incident energy and temperature (see its card).
+Events measured away from them (Ei off by more than 5%, T by more than 50%)
+get ``outside_training = 1`` and a warning once per run: their estimates drift.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -25,6 +31,7 @@ from smartlab_plugins.models.inference import (
     start_model_run,
 )
 
+logger = logging.getLogger(__name__)
 NAME = spinwave.NAME
 FIELD = "ins_sqw"
 
@@ -51,10 +58,23 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     model, task = run.state["model"], run.state["task"]
     x = spinwave.preprocess(maps)
     mean, std = task.interpret(model.run(x), model.card.extras)
+    config = model.card.data["generator_config"]
+    flagged = spinwave.outside_training(dict(batch.context), config, len(batch))
+    if flagged.any() and not run.state.get("warned"):
+        run.state["warned"] = True
+        logger.warning(
+            "run %s plugin %s: events measured away from the model's training conditions "
+            "(Ei %s meV, T %s K); their estimates are flagged outside_training=1 and may be biased",
+            run.uid[:8],
+            NAME,
+            config["ei"],
+            config["temperature"],
+        )
     results = Results(
         scalars={
             **{p: mean[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
             **{f"{p}_std": std[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
+            "outside_training": flagged.astype(np.int8),
         }
     )
     if run.options.get("saliency"):

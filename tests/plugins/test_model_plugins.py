@@ -116,3 +116,19 @@ def test_a_map_of_the_wrong_shape_is_refused_per_event_or_resampled_on_request(
     )
     assert read_events(analysis_of(client, refused_uid, "spinwave_cnn")).empty
     assert len(read_events(analysis_of(client, resampled_uid, "spinwave_cnn"))) == 2
+
+
+def test_maps_measured_away_from_the_training_conditions_are_flagged(
+    RE, make_smartlab, client, caplog
+):
+    import logging
+
+    spectrometer = ins.make_devices(seed=13)["ins"]
+    smartlab = make_smartlab(plugins=["spinwave_cnn"])
+    RE.subscribe(smartlab)
+    with caplog.at_level(logging.WARNING, logger="smartlab_plugins"):
+        (uid,) = RE(bp.list_scan([spectrometer], spectrometer.temperature, [5.0, 60.0]))
+        smartlab.flush()
+    table = read_events(analysis_of(client, uid, "spinwave_cnn"))
+    assert list(table["outside_training"]) == [0, 1]
+    assert "away from the model's training conditions (Ei 20.0 meV, T 5.0 K)" in caplog.text
