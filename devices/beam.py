@@ -21,6 +21,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal
+
 from smartlab_plugins.devices.signals import ArraySignal
 
 GAUSSIAN_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))

@@ -34,6 +34,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 from scipy.special import ndtr
+
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
 from smartlab_plugins.devices.signals import ArraySignal, LimitedPositioner
 

@@ -33,6 +33,7 @@ from ophyd import Component as Cpt
 from ophyd import Device
 from ophyd.status import DeviceStatus, StatusBase
 from scipy import ndimage
+
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
 from smartlab_plugins.devices.signals import ArraySignal, LimitedPositioner, RangeSignal
 

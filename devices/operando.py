@@ -34,6 +34,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, PositionerBase
 from ophyd.status import DeviceStatus, MoveStatus
 from ophyd.utils import LimitError, ReadOnlyError
+
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
 from smartlab_plugins.devices.signals import ArraySignal, RangeSignal, in_range
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bluesky.plans as bp
 import numpy as np
-from smartlab_plugins.devices import ins, mpb
 
+from smartlab_plugins.devices import ins, mpb
 from smartlab_plugins.live import LiveCouplings, LivePhases
 from smartlab_plugins.results import find_analyses, read_events
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import bluesky.plans as bp
 from conftest import API_KEY
-from smartlab_plugins.devices.beam import make_devices
 
+from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.publish import ANALYSIS_SPEC
 from smartlab_plugins.results import find_analyses, read_events
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import bluesky.plans as bp
 import numpy as np
 from conftest import API_KEY
-from smartlab_plugins.devices.beam import make_devices
 
+from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.replay import replay
 from smartlab_plugins.results import find_analyses, read_events
 

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+
 from smartlab_plugins.devices import ins, operando
 from smartlab_plugins.devices.dataset import SimulatedSet
-
 from smartlab_plugins.simulate import CASES, simulate_case
 
 

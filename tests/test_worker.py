@@ -9,8 +9,8 @@ import bluesky.plans as bp
 import numpy as np
 import pytest
 from sample_plugins import AlwaysFails, FailsOnOddEvents, RunCounter, TotalIntensity, WrongLength
-from smartlab_plugins.devices.beam import make_devices
 
+from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.results import find_analyses, read_errors, read_events
 
 

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from smartlab_plugins.devices import ins
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Rectangle
+
 from smartlab_plugins.devices.microscopy import (
     PHASES,
     MicroscopyConfig,

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from smartlab_plugins.devices import mpb
 
 OUT = Path(__file__).resolve().parents[1] / "figures"

@@ -16,6 +16,7 @@ from bluesky import RunEngine
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
 from smartlab_plugins.devices import operando as op
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"

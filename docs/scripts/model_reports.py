@@ -243,7 +243,6 @@ def transfer_experiment() -> list[tuple[str, dict]]:
     import tempfile
 
     from smartlab_plugins.devices.ins import SpinWaveConfig
-
     from smartlab_plugins.models.finetune import FINETUNE_CONFIG, finetune, score
     from smartlab_plugins.models.nets import build
     from smartlab_plugins.models.spinwave import SpinWaveTask

@@ -8,9 +8,9 @@ import bluesky.plans as bp
 import pytest
 from ophyd.sim import det
 from sample_plugins import Slow
-from smartlab_plugins.devices.beam import make_devices
 
 from smartlab_plugins import SmartLab, TiledUnavailableError
+from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.results import find_analyses, read_events
 from smartlab_plugins.server import free_port
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from ophyd.utils import LimitError
+
 from smartlab_plugins.devices import ins
 
 CONFIG = ins.SpinWaveConfig()

@@ -10,6 +10,7 @@ from bluesky import RunEngine
 from ophyd import Kind
 from ophyd.utils import LimitError
 from scipy import ndimage
+
 from smartlab_plugins.devices.microscopy import (
     N_PHASES,
     MicroscopyConfig,

@@ -12,6 +12,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd.utils import LimitError
 from scipy.signal import find_peaks
+
 from smartlab_plugins.devices import mpb
 
 CONFIG = mpb.MPBConfig()

@@ -14,6 +14,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd.utils import LimitError, ReadOnlyError
 from scipy.optimize import curve_fit
+
 from smartlab_plugins.devices import operando as op
 
 T_C, BETA, HYSTERESIS = 450.0, 0.3, 12.0

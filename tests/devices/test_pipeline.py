@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bluesky.plans as bp
 import pytest
-from smartlab_plugins.devices import ins, microscopy, mpb, operando
 
+from smartlab_plugins.devices import ins, microscopy, mpb, operando
 from smartlab_plugins.results import find_analyses, read_events
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from ophyd.utils import LimitError
+
 from smartlab_plugins.devices.signals import (
     ArraySignal,
     LimitedPositioner,

@@ -7,9 +7,9 @@ import sys
 from dataclasses import replace
 
 import numpy as np
+
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.devices.ins import SpinWaveConfig
-
 from smartlab_plugins.models.finetune import finetune, score
 from smartlab_plugins.models.spinwave import SpinWaveTask
 from smartlab_plugins.models.store import card_of

@@ -7,8 +7,8 @@ import shutil
 
 import bluesky.plans as bp
 import pytest
-from smartlab_plugins.devices import ins, mpb
 
+from smartlab_plugins.devices import ins, mpb
 from smartlab_plugins.models.baselines import load_baselines
 from smartlab_plugins.models.cards import ModelIntegrityError
 from smartlab_plugins.models.store import shipped_dir

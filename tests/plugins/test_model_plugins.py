@@ -5,8 +5,8 @@ from __future__ import annotations
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from smartlab_plugins.devices import ins, mpb
 
+from smartlab_plugins.devices import ins, mpb
 from smartlab_plugins.results import find_analyses, read_array, read_errors, read_events
 
 
