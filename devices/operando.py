@@ -1000,3 +1000,38 @@ def make_devices(seed: int = 0, config: OperandoConfig | None = None) -> dict[st
     controller.time_constant.put(config.time_constant)
     detector = OperandoDetector(name="operando", controller=controller, seed=seed, config=config)
     return {"temperature": controller, "operando": detector}
+
+
+def ramp(
+    detector: OperandoDetector,
+    controller: TemperatureController,
+    start: float,
+    stop: float,
+    rate: float,
+    frames: int,
+    md: dict[str, Any] | None = None,
+    delay: float = 0.0,
+) -> Any:
+    """Plan: settle at ``start`` (K), then count ``frames`` frames while ramping to ``stop``.
+
+    The ramp runs at ``rate`` K/min (the controller's ``ramp_rate``), started
+    without waiting by writing ``target``, so each frame is exposed at the
+    temperature the continuous ramp has reached (one frame per detector
+    ``frame_time``). Both temperatures are checked against the controller's
+    limits before anything moves. The run is one ``bp.count`` whose start
+    document records the ramp (``ramp``: start, stop, rate, frames). When it
+    ends, the RunEngine stops the controller, which holds the setpoint it had
+    reached. ``delay`` is wall-clock time (s) between frames, as ``bp.count``
+    takes it (a demo's stand-in for exposure and read-out; simulated time
+    does not depend on it).
+    """
+    import bluesky.plan_stubs as bps
+    import bluesky.plans as bp
+
+    for value in (start, stop):
+        controller.check_value(value)
+    yield from bps.mv(controller, start)
+    yield from bps.mv(controller.ramp_rate, rate)
+    yield from bps.mv(controller.target, stop)
+    ramp_md = {"ramp": {"start": start, "stop": stop, "rate_K_per_min": rate, "frames": frames}}
+    return (yield from bp.count([detector], frames, delay=delay, md={**ramp_md, **(md or {})}))

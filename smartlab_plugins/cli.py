@@ -83,18 +83,20 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from smartlab_plugins.models.baselines import BASELINES, train_baselines
-    from smartlab_plugins.models.registry import task
-    from smartlab_plugins.models.training import TrainingConfig, train_model
+    from smartlab_plugins.models.registry import task, training_config
+    from smartlab_plugins.models.training import train_model
 
     if args.model in BASELINES:
-        card = train_baselines(args.model, args.n, args.seed, args.out)
+        card = train_baselines(args.model, args.n or 10000, args.seed, args.out)
         print(
             f"wrote {', '.join(m['file'] for m in card['models'].values())} and {args.model}.json"
         )
         print(json.dumps({k: m["metrics"] for k, m in card["models"].items()}, indent=2))
         return 0
 
-    config = TrainingConfig(n_samples=args.n, seed=args.seed, max_minutes=args.minutes)
+    config = training_config(
+        args.model, n_samples=args.n, seed=args.seed, max_minutes=args.minutes
+    )
     card = train_model(task(args.model), config, args.out)
     print(f"wrote {args.out / card.weights_file} (sha256 {card.sha256[:16]}...) and its model card")
     print(json.dumps(card.metrics, indent=2))
@@ -185,6 +187,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smartlab_plugins.models.registry import BASELINE_NAMES, TASKS
+
+    trainable = sorted(TASKS)
     parser = argparse.ArgumentParser(
         prog="smartlab",
         description="Live machine-learning analysis of Bluesky scans, published to Tiled.",
@@ -298,11 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         "early stopping, a time budget) and write MODEL.pt, MODEL.json (the model card) and "
         "MODEL_curves.png. Uses CUDA when available.",
     )
-    train.add_argument(
-        "model", choices=["spinwave_cnn", "phase_cnn", "spinwave_baselines", "phase_baselines"]
-    )
+    train.add_argument("model", choices=[*trainable, *BASELINE_NAMES])
     train.add_argument("--out", type=Path, default=Path("trained"), help="default: %(default)s")
-    train.add_argument("--n", type=_positive, default=10000, help="samples (default: %(default)s)")
+    train.add_argument(
+        "--n",
+        type=_positive,
+        default=None,
+        help="samples (default: what the shipped model was trained on; 10000 for baselines)",
+    )
     train.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
     train.add_argument(
         "--minutes",
@@ -332,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate N new samples from a seed the model's training never used and "
         "print the metrics its model card reports.",
     )
-    evaluate.add_argument("model", choices=["spinwave_cnn", "phase_cnn"])
+    evaluate.add_argument("model", choices=trainable)
     evaluate.add_argument(
         "--n", type=_positive, default=1000, help="samples (default: %(default)s)"
     )

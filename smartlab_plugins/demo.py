@@ -2,10 +2,12 @@
 
 Starts the embedded Tiled server (unless one is given), scans a steering
 motor across a simulated beam-profile monitor with ``peak_stats`` analysing
-every frame as it arrives, then runs short scans of two simulated science
-instruments (diffraction across a morphotropic phase boundary, an operando
-temperature ramp), fetches the results back over HTTP and prints them with
-the snippet that finds them from any other process.
+every frame as it arrives, then runs short scans of four simulated science
+instruments (inelastic neutron scattering, diffraction across a morphotropic
+phase boundary, an operando temperature ramp through a structural transition,
+an SEM raster of a steel specimen), each with its science plugin live,
+fetches the results back over HTTP and prints them beside the simulators'
+hidden truth, with the snippet that finds them from any other process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -97,8 +100,8 @@ def run_demo(
                 f"Scanning steer from -4 to 4 mm in {points} points, peak_stats live ...", file=out
             )
             (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
-            instrument_runs = _instrument_scans(RE, out)
-        client = from_uri(target.uri, api_key=target.api_key)
+            client = from_uri(target.uri, api_key=target.api_key)
+            instrument_runs = _instrument_scans(RE, out, client, smartlab)
         (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
         table = read_events(analysis)
         summary = analysis.metadata.get("summary") or {}
@@ -147,6 +150,17 @@ def _query_help(out: TextIO, target: Target, run_uid: str) -> None:
 
 
 COMPOSITIONS = [0.3, 0.4, 0.45, 0.47, 0.475, 0.48, 0.5, 0.6, 0.7]
+#: Wall-clock seconds per frame of the ramp and the raster. The simulators take no time, but a
+#: detector does: with this stand-in for exposure, results are seen arriving during the scan.
+FRAME_DELAY = 0.2
+
+
+def _exposing_step(detectors: list, step: dict, pos_cache: dict) -> Any:
+    """``bps.one_nd_step``, then ``FRAME_DELAY`` of wall time (see above)."""
+    import bluesky.plan_stubs as bps
+
+    yield from bps.one_nd_step(detectors, step, pos_cache)
+    yield from bps.sleep(FRAME_DELAY)
 
 
 @dataclass
@@ -157,23 +171,36 @@ class InstrumentScan:
     plugin: str
     columns: list[str]
     uids: list[str] = field(default_factory=list)
+    #: watched in Tiled during the scan: (analysis node) -> a note once what it waits for is there
+    watch: Callable[[Any], str | None] | None = None
+    live_note: str = ""  # what the watch saw, and at which event of the scan
+    #: adds columns to compare with: (client, run uid, analysis node, table) -> table
+    annotate: Callable[[Any, str, Any, Any], Any] | None = None
+    rows: Callable[[Any], Any] | None = None  # the rows of the results table to print
+    truth: str = ""  # the simulator's hidden answer, printed under the results
 
 
-def _instrument_scans(RE: Any, out: TextIO) -> list[InstrumentScan]:
-    """Scans of three simulated instruments, each with its plugin live."""
+def _instrument_scans(RE: Any, out: TextIO, client: Any, smartlab: Any) -> list[InstrumentScan]:
+    """Scans of four simulated instruments, each with its plugin live."""
     import bluesky.plans as bp
+    from ophyd import Kind
 
-    from smartlab_plugins.devices import ins, mpb, operando
+    from smartlab_plugins.devices import ins, microscopy, mpb, operando
 
     diffraction = mpb.make_devices(seed=1)
     spectrometer = ins.make_devices(seed=1)["ins"]
     ramp = operando.make_devices(seed=1)
+    detector = ramp["operando"]
+    t_up = detector.truth["t_up"]
+    sem = microscopy.make_devices(seed=1)
+    sem["camera"].mask.kind = Kind.normal  # record the hidden truth, to compare with
 
     def spin_waves():
         for truth in ((0.55, 0.09, 0.05), (0.8, 0.15, 0.1)):
             spectrometer.sample.set_truth(*truth)
             yield from bp.count([spectrometer], 1, md={"hidden_truth_meV": truth})
 
+    start = 10 * round((t_up - 60) / 10)
     scans = [
         (
             InstrumentScan(
@@ -190,6 +217,7 @@ def _instrument_scans(RE: Any, out: TextIO) -> list[InstrumentScan]:
                 "composition x from 0.3 to 0.7; phase_cnn live",
                 "phase_cnn",
                 ["sample_x", "true_phase", "phase_name", "confidence", "p_monoclinic"],
+                annotate=_with_true_phase,
             ),
             bp.list_scan(
                 [diffraction["mpb"], diffraction["sample"].temperature],
@@ -199,17 +227,125 @@ def _instrument_scans(RE: Any, out: TextIO) -> list[InstrumentScan]:
         ),
         (
             InstrumentScan(
-                "Operando powder pattern on a temperature ramp from 350 to 550 K; peak_stats live",
-                "peak_stats",
-                ["operando_pattern_max", "operando_pattern_argmax", "operando_pattern_fwhm"],
+                f"Operando powder pattern on a heating ramp from {start} K at 4 K/min, "
+                "60 frames; transition_lstm live",
+                "transition_lstm",
+                ["temperature", "p_transition", "flag", "onset_temperature", "note"],
+                annotate=_with_frame_temperature,
+                rows=_around_the_flag,
+                watch=_flag_published,
+                truth=f"hidden truth: the sample leaves its ordered phase at T_up = {t_up:.1f} K",
             ),
-            bp.scan([ramp["operando"]], ramp["temperature"], 350, 550, 11),
+            operando.ramp(
+                detector, ramp["temperature"], start, start + 120, 4.0, 60, delay=FRAME_DELAY
+            ),
+        ),
+        (
+            InstrumentScan(
+                "SEM raster of a steel specimen, 4 x 4 frames of 12.8 um; micrograph_unet live",
+                "micrograph_unet",
+                [*(f"fraction_{phase}" for phase in microscopy.PHASES), "mask_agrees"],
+                annotate=_with_mask_agreement,
+                watch=_masks_published,
+            ),
+            bp.grid_scan(
+                [sem["camera"]],
+                *(sem["xy"].y, 0, 60, 4, sem["xy"].x, 0, 60, 4),
+                per_step=_exposing_step,
+            ),
         ),
     ]
     for scan, plan in scans:
         print(f"{scan.title} ...", file=out, flush=True)
-        scan.uids = list(RE(plan))
+        if scan.watch is None:
+            scan.uids = list(RE(plan))
+            continue
+        smartlab.flush()  # the earlier scans' results are out: this scan's are watched alone
+        with LiveWatch(RE, client, scan.plugin, scan.watch) as watch:
+            scan.uids = list(RE(plan))
+        scan.live_note = watch.note
     return [scan for scan, _ in scans]
+
+
+class LiveWatch:
+    """Polls Tiled from another thread while a scan runs, as any other client would.
+
+    A subscription on the RunEngine only notes the run uid and counts events
+    (O(1)); a thread reads the plugin's results every 50 ms and asks
+    ``probe(analysis)`` whether what it waits for is there, noting the event
+    the scan had reached at that moment: evidence that results are readable
+    during the scan, not only after it.
+    """
+
+    def __init__(self, RE: Any, client: Any, plugin: str, probe: Callable[[Any], str | None]):
+        self.RE, self.client, self.plugin, self.probe = RE, client, plugin, probe
+        self.uid: str | None = None
+        self.events = 0
+        self.stopped = False
+        self.note = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="demo-live-watch", daemon=True)
+
+    def __enter__(self) -> LiveWatch:
+        self._token = self.RE.subscribe(self._document)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        self.RE.unsubscribe(self._token)
+        if not self.note:
+            self.note = "live: nothing to report before the scan ended"
+
+    def _document(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "start":
+            self.uid = doc["uid"]
+        elif name == "event":
+            self.events = doc["seq_num"]
+        elif name == "stop":
+            self.stopped = True
+
+    def _poll(self) -> None:
+        from smartlab_plugins.results import find_analyses
+
+        while not self._done.wait(0.05):
+            if self.uid is None or self.stopped:
+                continue
+            reached, stopped = self.events, self.stopped
+            try:
+                analyses = find_analyses(self.client, run_uid=self.uid, plugin=self.plugin)
+                seen = self.probe(analyses[0]) if analyses else None
+            except Exception:  # a read that races the first write; the next poll retries
+                continue
+            if seen and not stopped:  # this read began before the stop document
+                self.note = f"live: {seen}, read from Tiled while the scan was at event {reached}"
+                return
+
+
+def _flag_published(analysis: Any) -> str | None:
+    """Whether the transition flag is in Tiled yet."""
+    from smartlab_plugins.results import read_events
+
+    table = read_events(analysis)
+    flagged = table[table["flag"] == 1] if len(table) else table
+    return f"the flag of event {int(flagged['seq_num'].iloc[0])}" if len(flagged) else None
+
+
+def _masks_published(analysis: Any) -> str | None:
+    """How many phase maps are in Tiled, once there is one (from the parts' shapes, unread)."""
+    if "primary" not in analysis or "mask" not in analysis["primary"]:
+        return None
+    masks = sum(part.shape[0] for part in analysis["primary"]["mask"].values())
+    return f"{masks} phase map(s) of 256 x 256 pixels" if masks else None
+
+
+def _around_the_flag(table: Any) -> Any:
+    """The rows from three frames before the flag to two after (the last rows if none)."""
+    flagged = np.flatnonzero(table["flag"].to_numpy() == 1)
+    if not len(flagged):
+        return table.tail(5)
+    return table.iloc[max(0, flagged[0] - 3) : flagged[0] + 3]
 
 
 def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -> None:
@@ -218,27 +354,29 @@ def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -
     from smartlab_plugins.results import find_analyses, read_events
 
     for scan in scans:
-        tables = []
+        tables, summaries = [], []
         for uid in scan.uids:
             for analysis in find_analyses(client, run_uid=uid, plugin=scan.plugin):
-                tables.append(read_events(analysis).assign(run=uid[:8]))
+                table = read_events(analysis)
+                if scan.annotate and len(table):
+                    table = scan.annotate(client, uid, analysis, table)
+                tables.append(table.assign(run=uid[:8]))
+                summaries.append(analysis.metadata.get("summary") or {})
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        if scan.plugin == "phase_cnn" and len(table):
-            table = _with_true_phase(client, scan.uids[0], table)
+        if scan.rows and len(table):
+            table = scan.rows(table)
         shown = [c for c in ["run", "seq_num", *scan.columns] if c in table]
-        print(
-            f"{scan.title}:\n"
-            + (
-                table[shown].to_string(index=False, float_format="%.3f")
-                if len(table)
-                else "  (no results)"
-            )
-            + "\n",
-            file=out,
-        )
+        text = table[shown].to_string(index=False, float_format="%.3f") if len(table) else ""
+        lines = [f"{scan.title}:", text or "  (no results)"]
+        if scan.live_note:
+            lines.append(scan.live_note)
+        if scan.truth:
+            results = "; ".join(str(s["result"]) for s in summaries if "result" in s)
+            lines.append(f"summary: {results or 'none'}; {scan.truth}")
+        print("\n".join(lines) + "\n", file=out)
 
 
-def _with_true_phase(client: Any, uid: str, table: Any) -> Any:
+def _with_true_phase(client: Any, uid: str, analysis: Any, table: Any) -> Any:
     """Add the scanned composition and the simulator's hidden phase, to compare with."""
     from smartlab_plugins.devices import mpb
 
@@ -246,7 +384,24 @@ def _with_true_phase(client: Any, uid: str, table: Any) -> Any:
     x = np.asarray(primary["sample_x"].read())
     temperature = np.asarray(primary["sample_temperature"].read())
     truth = [mpb.PHASE_NAMES[mpb.truth_at(a, t).phase] for a, t in zip(x, temperature, strict=True)]
-    return table.assign(sample_x=x[: len(table)], true_phase=truth[: len(table)])
+    index = table["seq_num"].to_numpy() - 1
+    return table.assign(sample_x=x[index], true_phase=np.asarray(truth)[index])
+
+
+def _with_frame_temperature(client: Any, uid: str, analysis: Any, table: Any) -> Any:
+    """Add each frame's temperature (K), as the detector recorded it."""
+    temperatures = np.asarray(client[uid]["primary"]["operando_temperature"].read())
+    return table.assign(temperature=temperatures[table["seq_num"].to_numpy() - 1])
+
+
+def _with_mask_agreement(client: Any, uid: str, analysis: Any, table: Any) -> Any:
+    """Add the share of pixels where the published phase map equals the hidden true mask."""
+    from smartlab_plugins.results import read_array
+
+    masks = read_array(analysis, "mask")
+    truth = np.asarray(client[uid]["primary"]["camera_mask"].read())
+    agrees = (masks == truth[table["seq_num"].to_numpy() - 1]).mean(axis=(1, 2))
+    return table.assign(mask_agrees=[f"{100 * a:.1f}%" for a in agrees])
 
 
 def _number(value: float | None) -> str:

@@ -53,7 +53,9 @@ def test_demo_against_a_running_server_publishes_results_another_process_finds(t
     assert "beam_profile_centroid" in result.stdout
     assert "phase_cnn live" in result.stdout and "rhombohedral" in result.stdout
     assert "spinwave_cnn live" in result.stdout and "j1_std" in result.stdout
-    assert "operando_pattern_fwhm" in result.stdout
+    assert "transition_lstm live" in result.stdout
+    assert "summary: transition flagged at event" in result.stdout
+    assert "micrograph_unet live" in result.stdout and "fraction_pearlite" in result.stdout
     assert 'Key("run_uid") == uid' in result.stdout
 
     client = from_uri(tiled_server.uri, api_key=API_KEY)  # only tiled.client, as a user would

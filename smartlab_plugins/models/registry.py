@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from smartlab_plugins.models.training import Task
+if TYPE_CHECKING:  # the registry itself imports no torch, so the CLI can list models quickly
+    from smartlab_plugins.models.training import Task, TrainingConfig
 
 
 def _spinwave() -> Task:
@@ -19,7 +22,48 @@ def _phase() -> Task:
     return PhaseTask()
 
 
-TASKS: dict[str, Callable[[], Task]] = {"spinwave_cnn": _spinwave, "phase_cnn": _phase}
+def _transition() -> Task:
+    from smartlab_plugins.models.transition import TransitionTask
+
+    return TransitionTask()
+
+
+def _micrograph() -> Task:
+    from smartlab_plugins.models.segmentation import MicrographTask
+
+    return MicrographTask()
+
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "spinwave_cnn": _spinwave,
+    "phase_cnn": _phase,
+    "transition_lstm": _transition,
+    "micrograph_unet": _micrograph,
+}
+
+
+#: The classical baseline sets (:data:`smartlab_plugins.models.baselines.BASELINES`), named here
+#: too so that the command line lists them without importing scikit-learn or torch.
+BASELINE_NAMES = ("spinwave_baselines", "phase_baselines")
+
+#: Where a model's training differs from :class:`TrainingConfig`'s defaults: the settings its
+#: shipped weights were trained with, which ``smartlab train NAME`` reproduces.
+TRAINING: dict[str, dict[str, Any]] = {
+    "spinwave_cnn": {"n_samples": 10000},
+    "phase_cnn": {"n_samples": 10000},
+    "transition_lstm": {"n_samples": 4000, "learning_rate": 2e-3},
+    "micrograph_unet": {"n_samples": 6000, "batch_size": 16, "learning_rate": 3e-3},
+}
+
+
+def training_config(name: str, **given: Any) -> TrainingConfig:
+    """Model ``name``'s training settings, with ``given`` ones (not None) taking precedence."""
+    if name not in TASKS:
+        raise KeyError(f"unknown model {name!r}; trainable models: {', '.join(sorted(TASKS))}")
+    from smartlab_plugins.models.training import TrainingConfig
+
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return replace(TrainingConfig(), **{**TRAINING.get(name, {}), **chosen})
 
 
 def task(name: str) -> Task:

@@ -395,3 +395,22 @@ def test_config_validation_names_the_setting() -> None:
     with pytest.raises(ValueError, match="onset_window"):
         op.OperandoConfig(onset_window=(0, 10))
     assert replace(op.OperandoConfig(), n_frames=96).n_frames == 96
+
+
+def test_the_ramp_plan_settles_then_exposes_along_a_continuous_ramp(
+    devices: tuple[op.TemperatureController, op.OperandoDetector],
+) -> None:
+    controller, detector = devices
+    with pytest.raises(LimitError, match=r"900\.0 K is outside"):
+        run(op.ramp(detector, controller, 400.0, 900.0, 4.0, 10))
+    assert controller.position == 300.0  # refused before anything moved
+
+    _, events = run(op.ramp(detector, controller, 400.0, 500.0, 4.0, 10))
+    temperatures = np.array([e["operando_temperature"] for e in events])
+    assert len(events) == 10 and abs(temperatures[0] - 400.0) < 0.2
+    steps = np.diff(temperatures)  # 4 K/min, 30 s frames: 2 K once the readback's lag is set
+    assert (steps > 0).all() and (steps < 2.0 + 1e-6).all()
+    np.testing.assert_allclose(steps[-3:], 2.0, atol=0.01)
+    assert controller.ramp_rate.get() == 4.0
+    # the RunEngine stops what the plan moved: the ramp holds where it was, short of 500 K
+    assert controller.target.get() == controller.setpoint.get() < 500.0

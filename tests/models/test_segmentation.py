@@ -11,6 +11,7 @@ import torch
 from smartlab_plugins.devices.microscopy import MicroscopyConfig, simulate
 from smartlab_plugins.models import segmentation
 from smartlab_plugins.models.cards import ModelCard
+from smartlab_plugins.models.evaluate import evaluate
 from smartlab_plugins.models.segmentation import (
     MicrographTask,
     measure_throughput,
@@ -142,3 +143,13 @@ def test_throughput_compares_the_plugin_path_with_a_bare_forward_pass(tiny):
     for row in rows:
         assert row["plugin_frames_per_s"] > 0 and row["bare_frames_per_s"] > 0
         assert row["ratio"] > 0.5, row  # the plugin adds little to the network's own time
+
+
+def test_the_shipped_model_meets_the_segmentation_targets_on_new_frames():
+    report = evaluate(segmentation.NAME, n=16, seed=2024)
+    metrics = report["metrics"]
+
+    assert metrics["frame_shape"] == [256, 256] and metrics["n"] == 16
+    assert metrics["mean_iou"] >= 0.90, metrics["iou"]
+    assert min(metrics["iou"].values()) >= 0.85, metrics["iou"]
+    assert metrics["fraction_error_pp_max"] <= 2.0, metrics["fraction_error_pp"]
