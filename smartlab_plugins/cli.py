@@ -94,9 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps({k: m["metrics"] for k, m in card["models"].items()}, indent=2))
         return 0
 
-    config = training_config(
-        args.model, n_samples=args.n, seed=args.seed, max_minutes=args.minutes
-    )
+    config = training_config(args.model, n_samples=args.n, seed=args.seed, max_minutes=args.minutes)
     card = train_model(task(args.model), config, args.out)
     print(f"wrote {args.out / card.weights_file} (sha256 {card.sha256[:16]}...) and its model card")
     print(json.dumps(card.metrics, indent=2))
