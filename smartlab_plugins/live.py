@@ -216,5 +216,6 @@ class LiveMask(LiveView):
         label = ", ".join(
             f"{k.removeprefix('fraction_')} {100 * v:.0f}%" for k, v in fractions.items()
         )
-        self.ax.set(title=f"event {message['seq_num'][-1]}: {label}", xticks=[], yticks=[])
+        self.ax.set(xticks=[], yticks=[])
+        self.ax.set_title(f"event {message['seq_num'][-1]}\n{label}", fontsize="medium")
         self.figure.tight_layout()

@@ -13,8 +13,8 @@ import matplotlib
 from bluesky import RunEngine
 
 from smartlab_plugins import SmartLab
-from smartlab_plugins.devices import ins, mpb
-from smartlab_plugins.live import LiveCouplings, LivePhases
+from smartlab_plugins.devices import ins, microscopy, mpb, operando
+from smartlab_plugins.live import LiveCouplings, LiveMask, LivePhases, LiveTransition
 from smartlab_plugins.server import EmbeddedServer
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
@@ -24,18 +24,31 @@ def main() -> None:
     matplotlib.use("Agg")
     with tempfile.TemporaryDirectory() as folder, EmbeddedServer(Path(folder)) as server:
         RE = RunEngine()
-        with SmartLab(server.uri, server.api_key, plugins=["phase_cnn", "spinwave_cnn"]) as sl:
+        plugins = ["phase_cnn", "spinwave_cnn", "transition_lstm", "micrograph_unet"]
+        with SmartLab(server.uri, server.api_key, plugins=plugins) as sl:
             RE.subscribe(sl)
             phases, couplings = LivePhases(x="sample_x"), LiveCouplings(x="ins_temperature")
-            sl.add_live_view(phases)
-            sl.add_live_view(couplings)
+            ramp_view, mask_view = LiveTransition(), LiveMask()
+            views = {
+                "live_phases.png": phases,
+                "live_couplings.png": couplings,
+                "live_transition.png": ramp_view,
+                "live_mask.png": mask_view,
+            }
+            for view in views.values():
+                sl.add_live_view(view)
             diffraction = mpb.make_devices(seed=21)
             RE(bp.scan([diffraction["mpb"]], diffraction["sample"].x, 0.40, 0.55, 31))
             spectrometer = ins.make_devices(seed=22)["ins"]
             spectrometer.sample.set_truth(0.7, 0.12, 0.08)
             RE(bp.scan([spectrometer], spectrometer.temperature, 5, 60, 12))
+            stage = operando.make_devices(seed=23)
+            t_up = stage["operando"].truth["t_up"]
+            RE(operando.ramp(stage["operando"], stage["temperature"], t_up - 40, t_up + 40, 4, 40))
+            sem = microscopy.make_devices(seed=24)
+            RE(bp.grid_scan([sem["camera"]], sem["xy"].y, 0, 20, 2, sem["xy"].x, 0, 20, 2))
             sl.flush()
-            for view, name in ((phases, "live_phases.png"), (couplings, "live_couplings.png")):
+            for name, view in views.items():
                 view.update()
                 view.figure.savefig(FIGURES / name, dpi=90)
                 print(f"wrote {FIGURES / name}")

@@ -1,9 +1,10 @@
 """Write docs/models/*.md from the shipped model cards, with the comparison and transfer tables.
 
-    python docs/scripts/model_reports.py [--skip-transfer]
+    python docs/scripts/model_reports.py [--skip-transfer] [--pages NAME ...]
 
 Reads the cards of spinwave_cnn, phase_cnn and their baselines (all trained on
-the same simulated data, seed and split), and runs the transfer-learning
+the same simulated data, seed and split), of transition_lstm (with its two
+non-learning detectors) and of micrograph_unet, and runs the transfer-learning
 experiment: a shifted spectrometer (coarser resolution, five times the
 background), 50 labelled maps to adapt with, 500 new maps to test on.
 """
@@ -203,6 +204,281 @@ def phase_page() -> str:
     )
 
 
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def transition_page() -> str:
+    card = card_of("transition_lstm")
+    m, extras = card.metrics, card.extras
+    detectors = (
+        ("LSTM (transition_lstm)", m["lstm"]),
+        ("CUSUM on the superlattice line", m["cusum"]),
+        ("presence rule (the instrument's hand rule)", m["presence_rule"]),
+    )
+    table = [
+        "| detector | within 2 frames: all | heating | cooling | false alarms | "
+        "missed | flagged early | mean frame error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, metrics in detectors:
+        a = metrics["all"]
+        error = a["mean_abs_frame_error"]
+        table.append(
+            f"| {label} | {percent(a['detection_within_2'])} | "
+            f"{percent(metrics['heating']['detection_within_2'])} | "
+            f"{percent(metrics['cooling']['detection_within_2'])} | "
+            f"{percent(a['false_alarm_rate'])} | {percent(a['missed_rate'])} | "
+            f"{percent(a['early_flag_rate'])} | "
+            + ("n/a" if error is None else f"{error:.2f}")
+            + " |"
+        )
+    everything = m["lstm"]["all"]
+    onset = m["onset_temperature"]
+    cusum = extras["cusum"]
+    return "\n".join(
+        [
+            "# transition_lstm: a structural transition flagged live on a temperature ramp",
+            "",
+            "Online detection, one frame at a time, of the moment the sample of the simulated",
+            "operando diffractometer ([its physics](../devices/operando.md)) leaves the phase it",
+            "started the run in, on heating (the order parameter vanishes at T_up) and on",
+            "cooling (it appears at T_down). Plugin `transition_lstm`: field `operando_pattern`",
+            "(the frame's temperature from `operando_temperature`); results per event",
+            "`p_transition`, `flag` (1 at the one flagged event), `onset_temperature` and",
+            "`onset_temperature_std` (K, at the flag) and `note`; the run's summary says where",
+            "the flag was raised, or `no transition seen`.",
+            "",
+            "![a heating ramp, live](../figures/live_transition.png)",
+            "",
+            "*The live view (`LiveTransition`) after a heating ramp through T_up of a sample",
+            "the model never saw: p_transition per frame and the flag with its onset.*",
+            "",
+            "## How it works",
+            "",
+            "- **Causal.** A small 1-D convolutional encoder turns each preprocessed frame",
+            "  into 32 features f_t; an LSTM reads `[f_t, f_t - f_0]` (the frame and its change",
+            "  since the run's first frame) and a linear head gives the logit of",
+            "  `p_transition`. The plugin steps the LSTM once per event, carrying its hidden",
+            "  state per run, so no frame is ever looked ahead at; a test checks that stepping",
+            "  frame by frame gives the whole-ramp answer and that later frames change nothing",
+            "  earlier.",
+            f"- **The flag** is raised once, at the first frame with p_transition >= "
+            f"{extras['threshold']} for {extras['consecutive']} consecutive frame(s) (tuned on the",
+            "  validation split: most onsets within 2 frames with at most "
+            f"{percent(extras['max_false_alarm'])} false alarms).",
+            "- **The onset temperature** is interpolated where p_transition crossed 0.5 between",
+            "  the last frame below the threshold and the first above it; its standard deviation",
+            f"  is {extras['onset_std_steps']:.2f} temperature steps (the validation RMS error,",
+            "  in steps between those frames).",
+            "- **An LSTM, not a GRU**: the talk and the issue name an LSTM and it meets the",
+            "  targets below; a GRU was not tried.",
+            "- **Bad input**: out-of-order or repeated events are refused (an error naming both",
+            "  seq_nums, the detector's state unchanged); a gap (events missing or refused) is",
+            "  stepped over and noted in `note` and the summary's `missing_events`; a pattern of",
+            "  another length is refused unless the run sets `resample: True`; a run that stops",
+            "  before the transition ends with `no transition seen` and its last temperature.",
+            "",
+            "## Model card",
+            "",
+            *weights_lines(card),
+            "- architecture: `TransitionNet` (conv 8 and 16 channels with pooling, dense 32",
+            "  features per frame, LSTM with 32 hidden units, linear head)",
+            f"- input: {', '.join(card.preprocessing['steps'])}",
+            f"- data: {card.data['sizes']} ramps of 64 frames from seed "
+            f"{card.data['generator_seed']}: half heating, half cooling, at 2-8 K/min; a quarter",
+            "  never reach their transition",
+            training_line(card, "per-frame binary cross-entropy"),
+            f"- torch {card.torch_version}",
+            "",
+            "## Detection on the held-out test split",
+            "",
+            f"{everything['n_transition']} ramps with a transition, "
+            f"{everything['n_no_transition']} without. Targets: the onset flagged within 2 "
+            "frames on at least 95% of ramps; false alarms on under 1% of the ramps with no "
+            "transition.",
+            "",
+            *table,
+            "",
+            f"Onset temperature of the {onset['n']} ramps flagged within 2 frames: mean absolute "
+            f"error {onset['mean_abs_error_K']:.2f} K, mean stated standard deviation "
+            f"{onset['mean_std_K']:.2f} K ({percent(onset['coverage_1std'])} of the errors "
+            "within one standard deviation: the errors have heavier tails than a Gaussian). "
+            f"Frames classified correctly as transformed or not: {percent(m['frame_accuracy'])}.",
+            "",
+            "**Where the LSTM wins, and where it does not.** The generic change-point test, a",
+            "two-sided CUSUM on the background-subtracted counts of the (1/2 1/2 1/2)",
+            f"superlattice line (drift {cusum['drift']:g}, threshold {cusum['threshold']:g}, in",
+            "Poisson standard deviations, tuned on the same validation split for the same",
+            "false-alarm limit), flags many frames late: on heating the line fades continuously",
+            "long before it vanishes at T_up, and every line weakens with temperature",
+            "(Debye-Waller), so the drift and threshold that stop it firing before the onset",
+            "or on ramps without a transition make it fire late everywhere, on cooling too (the",
+            "tuning ended at the largest drift and threshold on its grid). The LSTM has learned",
+            "what a transition looks like against that drift and needs no such trade.",
+            "The instrument documentation's hand rule, which knows *which* line to",
+            "watch and that it is present exactly in the ordered phase, does as well as the",
+            "LSTM on these simulations: it encodes the physics the LSTM had to learn. The LSTM's",
+            "advantage over it is that it was learned from labelled ramps alone, with no line",
+            "position or threshold chosen by hand; on a material whose transition shows only",
+            "as a splitting, the hand rule would have to be rewritten and the LSTM retrained.",
+            "",
+            "![validation curves](../figures/transition_lstm_curves.png)",
+            "",
+            "Check the card's claims on new ramps: `smartlab evaluate transition_lstm --n 1000`.",
+            "",
+        ]
+    )
+
+
+def micrograph_page() -> str:
+    card = card_of("micrograph_unet")
+    m = card.metrics
+    names = card.outputs
+    iou = ["| phase | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+    iou.append(
+        "| IoU, whole held-out frames | "
+        + " | ".join(f"{m['iou'][n]:.4f}" for n in names)
+        + f" | **{m['mean_iou']:.4f}** |"
+    )
+    crops = m["test_split"]
+    iou.append(
+        "| IoU, test-split crops | "
+        + " | ".join(f"{crops['iou'][n]:.4f}" for n in names)
+        + f" | {crops['mean_iou']:.4f} |"
+    )
+    iou.append(
+        "| area-fraction error, mean / max (pp) | "
+        + " | ".join(
+            f"{m['fraction_error_pp'][n]['mean']:.2f} / {m['fraction_error_pp'][n]['max']:.2f}"
+            for n in names
+        )
+        + f" | {m['fraction_error_pp_mean']:.2f} / {m['fraction_error_pp_max']:.2f} |"
+    )
+    confusion = m["confusion"]
+    matrix = ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    matrix += [
+        f"| {n} | " + " | ".join(f"{v:,}" for v in row) + " |"
+        for n, row in zip(names, confusion["rows_true_columns_predicted"], strict=True)
+    ]
+    return "\n".join(
+        [
+            "# micrograph_unet: phase maps of SEM micrographs",
+            "",
+            "Per-pixel segmentation of each frame of the simulated SEM camera",
+            "([its physics](../devices/microscopy.md)) into ferrite, spheroidite particles,",
+            "grain-boundary carbide and pearlite, and the area fraction of each phase. Plugin",
+            "`micrograph_unet`: field `camera_image`; results per event the array `mask` (uint8",
+            "phase ids, dims `row`, `column`, published beside the frame) and the scalars",
+            "`fraction_<phase>`; with the run option `uncertainty: True` also the array",
+            "`uncertainty` (1 - the largest calibrated phase probability per pixel) and its",
+            "per-frame mean `uncertainty_mean`.",
+            "",
+            "![a frame, its true and predicted phase maps, the uncertainty](../figures/"
+            "micrograph_unet_example.png)",
+            "",
+            "*A held-out frame, the simulator's true mask, the published phase map, the pixels",
+            "where they differ, and the per-pixel uncertainty.*",
+            "",
+            "![the live view](../figures/live_mask.png)",
+            "",
+            "*The live view (`LiveMask`) during a raster: the latest frame under its phase map.*",
+            "",
+            "## Model card",
+            "",
+            *weights_lines(card),
+            "- architecture: `MicrographUNet`, a U-Net with three levels of 16/32/64 feature",
+            "  maps (two 3x3 convolutions with batch norm and ReLU per level, max pooling down,",
+            "  transposed convolutions up, skip connections) and a 1x1 head",
+            f"- input: {'; '.join(card.preprocessing['steps'])}",
+            f"- data: {card.data['sizes']} crops of 64 x 64 pixels from "
+            f"{card.data['generator_config']['n_structures']} simulated specimens (generator seed "
+            f"{card.data['generator_config']['specimen_seed']}, with generator_seed "
+            f"{card.data['generator_seed']}); scored on {m['n']} whole {m['frame_shape'][0]} x "
+            f"{m['frame_shape'][1]} frames of specimens never trained on",
+            training_line(card, "per-pixel cross-entropy"),
+            f"- uncertainty: temperature scaling fitted on validation pixels, T = "
+            f"{card.extras['temperature']:.3f}; per-pixel expected calibration error "
+            f"{m['pixel_ece']:.4f}",
+            f"- torch {card.torch_version}",
+            "",
+            "## Accuracy on held-out frames",
+            "",
+            "Targets: mean IoU at least 0.90 over the phases; area fractions within 2",
+            f"percentage points of the truth. Pixel accuracy {percent(m['pixel_accuracy'])}.",
+            "",
+            *iou,
+            "",
+            "Confusion matrix (pixels) on the held-out frames:",
+            "",
+            *matrix,
+            "",
+            "**Frames of any size.** The network is fully convolutional: a frame is",
+            "reflect-padded to a multiple of 4; one larger than 512 pixels on a side is cut",
+            "into 512-pixel tiles, each run with 32 pixels of context (more than the",
+            "network's receptive radius), so the memory a pass needs is bounded whatever the",
+            "frame size and the tiled answer equals the whole-frame one (a test checks a",
+            "1024 x 1024 frame: 4 passes, masks equal on more than 99.99% of pixels).",
+            "",
+            "**How well it holds up.** The simulated specimens share one microstructure",
+            "model; a real steel imaged at another dose or pixel size would need",
+            "`smartlab finetune`-style adaptation on a few labelled frames, which is not",
+            "measured here yet.",
+            "",
+            "![validation curves](../figures/micrograph_unet_curves.png)",
+            "",
+            "Check the card's claims on new frames: `smartlab evaluate micrograph_unet --n 32`.",
+            "",
+        ]
+    )
+
+
+def micrograph_figure() -> None:
+    """A held-out frame, its true and predicted masks, where they differ, and the uncertainty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from smartlab_plugins.models import segmentation
+    from smartlab_plugins.models.store import load_model
+
+    model = load_model("micrograph_unet", device="cpu")
+    frames = segmentation.held_out_frames(1, seed=5000, n_specimens=1)
+    image, truth = frames.inputs["images"][:1], frames.labels["masks"][:1]
+    result = segmentation.segment(
+        model.net, image, temperature=model.card.extras["temperature"], uncertainty=True
+    )
+    colours = ListedColormap(["#f0e6c8", "#3b6fb6", "#c0392b", "#6a9f3a"])
+    panels = [
+        ("SEM frame", image[0], "gray", None),
+        ("true phases", truth[0], colours, (0, 3)),
+        ("phase map (published)", result.mask[0], colours, (0, 3)),
+        ("differs from the truth", (result.mask[0] != truth[0]).astype(float), "Greys", (0, 1)),
+        ("uncertainty", result.uncertainty[0], "magma", (0, 0.5)),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 3.4), dpi=90)
+    for ax, (title, data, cmap, limits) in zip(axes, panels, strict=True):
+        shown = ax.imshow(
+            data,
+            cmap=cmap,
+            interpolation="nearest",
+            **dict(zip(("vmin", "vmax"), limits, strict=True)) if limits else {},
+        )
+        ax.set(title=title, xticks=[], yticks=[])
+        if title == "uncertainty":
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colours(k))
+        for k in range(len(segmentation.phase_names()))
+    ]
+    fig.legend(handles, segmentation.phase_names(), loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(FIGURES / "micrograph_unet_example.png")
+    plt.close(fig)
+
+
 def accuracy_figure() -> None:
     import matplotlib
 
@@ -270,16 +546,29 @@ def transfer_experiment() -> list[tuple[str, dict]]:
     ]
 
 
+PAGES = ("spinwave_cnn", "phase_cnn", "transition_lstm", "micrograph_unet")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-transfer", action="store_true")
+    parser.add_argument(
+        "--pages", nargs="+", choices=PAGES, default=PAGES, help="pages to write (default: all)"
+    )
     args = parser.parse_args()
     MODELS.mkdir(parents=True, exist_ok=True)
-    transfer = None if args.skip_transfer else transfer_experiment()
-    (MODELS / "spinwave_cnn.md").write_text(spinwave_page(transfer))
-    accuracy_figure()
-    (MODELS / "phase_cnn.md").write_text(phase_page())
-    print(f"wrote {MODELS / 'spinwave_cnn.md'} and {MODELS / 'phase_cnn.md'}")
+    if "spinwave_cnn" in args.pages:
+        transfer = None if args.skip_transfer else transfer_experiment()
+        (MODELS / "spinwave_cnn.md").write_text(spinwave_page(transfer))
+    if "phase_cnn" in args.pages:
+        accuracy_figure()
+        (MODELS / "phase_cnn.md").write_text(phase_page())
+    if "transition_lstm" in args.pages:
+        (MODELS / "transition_lstm.md").write_text(transition_page())
+    if "micrograph_unet" in args.pages:
+        micrograph_figure()
+        (MODELS / "micrograph_unet.md").write_text(micrograph_page())
+    print(f"wrote {', '.join(f'{page}.md' for page in args.pages)} in {MODELS}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ and write the weights, the model card and the validation curves.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,6 +145,18 @@ class History:
     stopped_because: str = ""
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on ``threads`` CPU threads (None: as it is), then restore the count."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def fit(
     task: Task,
     net: nn.Module,
@@ -156,10 +169,23 @@ def fit(
 ) -> History:
     """Train ``net`` in place; it ends with the weights of its best validation epoch.
 
-    ``budget_seconds`` (default: ``config.max_minutes``) bounds the training time.
+    ``budget_seconds`` (default: ``config.max_minutes``) bounds the training time;
+    ``config.threads`` (if set) the CPU threads, restored afterwards.
     """
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    with torch_threads(config.threads):
+        return _fit(task, net, train, val, config, progress, trainable, budget_seconds)
+
+
+def _fit(
+    task: Task,
+    net: nn.Module,
+    train: Split,
+    val: Split,
+    config: TrainingConfig,
+    progress: bool,
+    trainable: Callable[[nn.Module], list[nn.Parameter]] | None,
+    budget_seconds: float | None,
+) -> History:
     device = pick_device()
     net.to(device)
     parameters = trainable(net) if trainable else list(net.parameters())
@@ -226,7 +252,17 @@ def fit(
 def train_model(
     task: Task, config: TrainingConfig, out: Path, progress: bool = True, data: Split | None = None
 ) -> ModelCard:
-    """Simulate, split, train, score and write ``out/<name>.pt``, ``.json`` and ``_curves.png``."""
+    """Simulate, split, train, score and write ``out/<name>.pt``, ``.json`` and ``_curves.png``.
+
+    All of it runs on ``config.threads`` CPU threads if set (restored afterwards).
+    """
+    with torch_threads(config.threads):
+        return _train_model(task, config, out, progress, data)
+
+
+def _train_model(
+    task: Task, config: TrainingConfig, out: Path, progress: bool, data: Split | None
+) -> ModelCard:
     from smartlab_plugins.models.nets import build
 
     torch.manual_seed(config.seed)

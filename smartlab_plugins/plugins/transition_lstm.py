@@ -92,6 +92,7 @@ class Tracker:
 
     model: LoadedModel
     rule: transition.FlagRule
+    run_uid: str = ""
     state: transition.State | None = None
     last_seq_num: int | None = None
     frames: int = 0
@@ -142,7 +143,7 @@ class Tracker:
             if seq_num - 1 > expected
             else f"event {expected} missing: continued from {after}"
         )
-        logger.warning("%s: %s", NAME, note)
+        logger.warning("run %s plugin %s: %s", self.run_uid[:8], NAME, note)
         return note
 
     def summary(self, stop: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,7 +203,7 @@ def smartlab_start_run(run: RunContext) -> None:
     rule = transition.FlagRule(
         extras["threshold"], extras["consecutive"], extras["onset_std_steps"]
     )
-    run.state["tracker"] = Tracker(model, rule)
+    run.state["tracker"] = Tracker(model, rule, run.uid)
 
 
 @hookimpl
@@ -219,7 +220,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
         for seq_num, pattern, temperature in zip(batch.seq_num, patterns, temperatures, strict=True)
     ]
     if tracker.flagged is not None and tracker.flagged.seq_num in batch.seq_num:
-        logger.info("run %s: %s: %s", run.uid[:8], NAME, tracker.flagged.describe())
+        logger.info("run %s plugin %s: %s", run.uid[:8], NAME, tracker.flagged.describe())
     return Results(
         scalars={
             name: np.array([row[name] for row in rows], dtype=object if name == "note" else None)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from smartlab_plugins.devices.microscopy import MicroscopyConfig, simulate
 from smartlab_plugins.models import segmentation
@@ -26,7 +25,6 @@ TINY_SEED = 3
 
 def train_tiny(out: Path) -> ModelCard:
     """A width-8 U-Net on 1,000 crops of one specimen: about 15 s of training on one thread."""
-    threads = torch.get_num_threads()
     config = TrainingConfig(
         n_samples=1000,
         seed=TINY_SEED,
@@ -36,12 +34,9 @@ def train_tiny(out: Path) -> ModelCard:
         max_minutes=1.0,
         threads=1,
     )
-    try:
-        return train_model(
-            MicrographTask(width=8, n_specimens=1, held_out=16), config, out, progress=False
-        )
-    finally:
-        torch.set_num_threads(threads)
+    return train_model(
+        MicrographTask(width=8, n_specimens=1, held_out=16), config, out, progress=False
+    )
 
 
 @pytest.fixture(scope="module")

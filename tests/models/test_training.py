@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from smartlab_plugins.models.baselines import BASELINES
 from smartlab_plugins.models.evaluate import evaluate
 from smartlab_plugins.models.phase import PhaseTask
+from smartlab_plugins.models.registry import BASELINE_NAMES, TASKS, training_config
 from smartlab_plugins.models.spinwave import SpinWaveTask
-from smartlab_plugins.models.store import load_model
+from smartlab_plugins.models.store import card_of, load_model
 from smartlab_plugins.models.training import TrainingConfig, train_model
 from smartlab_plugins.settings import ConfigurationError
 
@@ -54,3 +56,15 @@ def test_the_shipped_phase_cnn_meets_its_accuracy_target_on_new_data():
 def test_evaluate_refuses_the_training_seed():
     with pytest.raises(ConfigurationError, match="generated spinwave_cnn's training data"):
         evaluate("spinwave_cnn", n=10, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_smartlab_train_defaults_are_the_settings_the_shipped_weights_were_trained_with(name):
+    config, trained = training_config(name), card_of(name).training
+    for setting in ("n_samples", "seed", "batch_size", "learning_rate", "max_epochs", "patience"):
+        assert getattr(config, setting) == trained[setting], setting
+    assert training_config(name, n_samples=50, seed=None).n_samples == 50
+
+
+def test_the_command_line_lists_the_baselines_without_importing_them():
+    assert set(BASELINE_NAMES) == set(BASELINES)

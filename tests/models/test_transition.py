@@ -26,7 +26,6 @@ from smartlab_plugins.models.transition import (
 
 def train_tiny(out: Path) -> ModelCard:
     """600 ramps, 8 epochs on one thread: about 20 s."""
-    threads = torch.get_num_threads()
     config = TrainingConfig(
         n_samples=600,
         seed=3,
@@ -36,15 +35,14 @@ def train_tiny(out: Path) -> ModelCard:
         max_minutes=1.0,
         threads=1,
     )
-    try:
-        return train_model(TransitionTask(), config, out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    return train_model(TransitionTask(), config, out, progress=False)
 
 
 def test_a_tiny_lstm_learns_to_flag_onsets_and_writes_a_complete_card(tmp_path):
+    threads = torch.get_num_threads()
     card = train_tiny(tmp_path)
 
+    assert torch.get_num_threads() == threads  # trained on one thread, then restored
     lstm = card.metrics["lstm"]  # the test split: 60 ramps never trained on
     assert lstm["all"]["n_transition"] + lstm["all"]["n_no_transition"] == 60
     assert lstm["all"]["detection_within_2"] >= 0.85, lstm["all"]

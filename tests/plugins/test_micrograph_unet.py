@@ -7,7 +7,6 @@ from pathlib import Path
 import bluesky.plans as bp
 import numpy as np
 import pytest
-import torch
 from event_model import compose_run
 from ophyd import Kind
 
@@ -27,7 +26,6 @@ FRACTIONS = [f"fraction_{name}" for name in segmentation.phase_names()]
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny U-Net (width 8, 1,000 crops of one specimen, ~15 s on one thread) and its card."""
     out = tmp_path_factory.mktemp("micrograph_unet")
-    threads = torch.get_num_threads()
     config = TrainingConfig(
         n_samples=1000,
         seed=5,
@@ -37,22 +35,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_minutes=1.0,
         threads=1,
     )
-    try:
-        train_model(MicrographTask(width=8, n_specimens=1, held_out=8), config, out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train_model(MicrographTask(width=8, n_specimens=1, held_out=8), config, out, progress=False)
     return out
 
 
 @pytest.fixture
 def smartlab(model_dir, make_smartlab, monkeypatch):
-    """SmartLab with micrograph_unet registered and enabled, loading the tiny model."""
+    """SmartLab with micrograph_unet (from its entry point) alone, loading the tiny model."""
     monkeypatch.setenv("SMARTLAB_MODEL_DIR", str(model_dir))
     shared_model.cache_clear()
-    smartlab = make_smartlab(plugins=[])
-    smartlab.register(micrograph_unet)
-    smartlab.enable(NAME)
-    yield smartlab
+    yield make_smartlab(plugins=[NAME])
     shared_model.cache_clear()
 
 
