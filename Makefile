@@ -24,11 +24,11 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
-## make bench: RunEngine slowdown, simulator speed, segmentation throughput -> docs/benchmarks.md
+## make bench: RunEngine slowdown, simulator speed, model throughput -> docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python benchmarks/re_overhead.py
 	$(BIN)/python benchmarks/generators.py
-	$(BIN)/python benchmarks/segmentation.py
+	$(BIN)/python benchmarks/throughput.py
 
 ## make docs: the documentation site in site/ (warnings are errors)
 docs: $(STAMP)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.models.preprocessing import log_binned_zscore
 from smartlab_plugins.models.training import Split
 
 NAME = "phase_cnn"
@@ -38,15 +39,14 @@ def class_names() -> list[str]:
 
 
 def preprocess(frames: np.ndarray) -> np.ndarray:
-    """Frames (n, 97, 243) to network input (n, 1, 12, 243): log1p, 8-row band means, z-score."""
-    frames = np.asarray(frames, dtype=np.float32)
+    """Frames (n, 97, 243) to network input (n, 1, 12, 243): log1p, 8-row band means, z-score.
+
+    The 97th row fills no band and is dropped.
+    """
+    frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[1:] != FIELD_SHAPE:
         raise ValueError(f"expected frames of shape (n, 97, 243), got {frames.shape}")
-    x = np.log1p(np.clip(frames, 0.0, None))[:, : 12 * ROW_BAND]
-    x = x.reshape(len(x), 12, ROW_BAND, FIELD_SHAPE[1]).mean(axis=2)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    std = x.std(axis=(1, 2), keepdims=True) + 1e-6
-    return ((x - mean) / std)[:, None].astype(np.float32)
+    return log_binned_zscore(frames, (ROW_BAND, 1))
 
 
 def training_config():

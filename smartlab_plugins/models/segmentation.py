@@ -25,7 +25,6 @@ temperature ``T`` fitted on validation pixels (:meth:`MicrographTask.calibrate`)
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from itertools import product
 from typing import TYPE_CHECKING, Any
@@ -519,59 +518,3 @@ class MicrographTask:
         """Metrics of a loaded model on ``n`` whole frames of ``specimen_seed(seed)``."""
         temperature = model.card.extras.get("temperature", 1.0)
         return frame_metrics(model.net, held_out_frames(n, seed), temperature)
-
-
-def measure_throughput(
-    model: LoadedModel, batch_sizes: tuple[int, ...] = (1, 8, 32), repeats: int = 3, seed: int = 7
-) -> list[dict[str, float]]:
-    """Frames per second of the plugin's analyze path and of a bare forward pass, per batch size.
-
-    Both see the same 256 x 256 frames and the same network on its device; the
-    bare pass is ``net(x)`` of the already preprocessed batch (copied to the
-    device, synchronised on CUDA), the plugin's path is ``smartlab_analyze``
-    (checks, preprocessing, forward, phase map, fractions, results). Each is
-    the best of ``repeats`` timed runs after one warm-up.
-    """
-    from smartlab_plugins.hookspecs import EventBatch, RunContext
-    from smartlab_plugins.plugins import micrograph_unet as plugin
-
-    frames = held_out_frames(max(batch_sizes), seed, n_specimens=1).inputs["images"]
-    run = RunContext(uid="throughput", start={}, state={"model": model}, options={})
-    rows = []
-    for size in batch_sizes:
-        batch = EventBatch("primary", np.arange(size), np.zeros(size), {FIELD: frames[:size]})
-        x = torch.as_tensor(preprocess(frames[:size]))
-        plugin_seconds = _best_time(lambda b=batch: plugin.smartlab_analyze(run, b), repeats)
-        bare_seconds = _best_time(lambda x=x: _bare_forward(model, x), repeats)
-        rows.append(
-            {
-                "batch": size,
-                "plugin_frames_per_s": size / plugin_seconds,
-                "bare_frames_per_s": size / bare_seconds,
-                "ratio": bare_seconds / plugin_seconds,
-            }
-        )
-    return rows
-
-
-def _bare_forward(model: LoadedModel, x: torch.Tensor) -> None:
-    """``net(x)`` on the model's device, as the throughput reference."""
-    with torch.inference_mode():
-        batch = x.to(model.device)
-        if model.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                model.net(batch)
-            torch.cuda.synchronize()
-        else:
-            model.net(batch)
-
-
-def _best_time(work: Any, repeats: int) -> float:
-    """Shortest wall time of ``repeats`` calls of ``work()``, after one untimed call."""
-    work()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - started)
-    return best

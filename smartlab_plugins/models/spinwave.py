@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.models.preprocessing import log_binned_zscore
 from smartlab_plugins.models.training import Split
 
 NAME = "spinwave_cnn"
@@ -45,14 +46,10 @@ def preprocess(maps: np.ndarray) -> np.ndarray:
     log1p of the counts, means over 2x2 bins, z-score per map (so the counting
     time, which scales every bin, does not matter).
     """
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[1:] != FIELD_SHAPE:
         raise ValueError(f"expected maps of shape (n, 96, 160), got {maps.shape}")
-    x = np.log1p(np.clip(maps, 0.0, None))
-    x = x.reshape(len(x), 48, 2, 80, 2).mean(axis=(2, 4))
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    std = x.std(axis=(1, 2), keepdims=True) + 1e-6
-    return ((x - mean) / std)[:, None].astype(np.float32)
+    return log_binned_zscore(maps, (2, 2))
 
 
 class SpinWaveTask:

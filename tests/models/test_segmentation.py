@@ -13,7 +13,6 @@ from smartlab_plugins.models.cards import ModelCard
 from smartlab_plugins.models.evaluate import evaluate
 from smartlab_plugins.models.segmentation import (
     MicrographTask,
-    measure_throughput,
     plan_tiles,
     segment,
 )
@@ -128,16 +127,6 @@ def test_the_uncertainty_is_higher_where_the_phase_map_is_wrong(tiny):
     assert wrong.any()
     assert result.uncertainty[wrong].mean() > 3 * result.uncertainty[~wrong].mean()
     assert result.uncertainty.min() >= 0.0 and result.uncertainty.max() <= 0.75
-
-
-def test_throughput_compares_the_plugin_path_with_a_bare_forward_pass(tiny):
-    _, model = tiny
-    rows = measure_throughput(model, batch_sizes=(1, 4), repeats=2)
-
-    assert [row["batch"] for row in rows] == [1, 4]
-    for row in rows:
-        assert row["plugin_frames_per_s"] > 0 and row["bare_frames_per_s"] > 0
-        assert row["ratio"] > 0.5, row  # the plugin adds little to the network's own time
 
 
 def test_the_shipped_model_meets_the_segmentation_targets_on_new_frames():
