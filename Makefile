@@ -24,11 +24,12 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
-## make bench: RunEngine slowdown, simulator speed, model throughput -> docs/benchmarks.md
+## make bench: RunEngine slowdown, simulators, throughput, latency -> docs/benchmarks.md
 bench: $(STAMP)
 	$(BIN)/python benchmarks/re_overhead.py
 	$(BIN)/python benchmarks/generators.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/latency.py
 
 ## make docs: the documentation site in site/ (warnings are errors)
 docs: $(STAMP)

@@ -271,6 +271,7 @@ class SmartLab:
             "dropped": self.dropped_total,
             "unsendable": self.unsendable,
             "worker_alive": self._host.alive,
+            "worker_pid": getattr(self._host, "pid", None),  # None when the worker is a thread
             "runs_finished": len(self._host.summaries),
         }
         if self._host.alive:

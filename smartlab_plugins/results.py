@@ -9,6 +9,9 @@ the concatenation of immutable parts::
     client = from_uri(uri, api_key=key)
     (analysis,) = find_analyses(client, run_uid=uid, plugin="peak_stats")
     table = read_events(analysis)          # one row per analysed event
+
+    follower = EventFollower(analysis)     # during a run: only what is new, each part read once
+    new_rows = follower.poll()
 """
 
 from __future__ import annotations
@@ -62,6 +65,42 @@ def read_errors(analysis: Any) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=["plugin", "stage", "stream", "seq_num", "error", "message"])
     return pd.concat([part.read() for part in parts], ignore_index=True)
+
+
+class EventFollower:
+    """The rows of one analysis' stream as they are published, each part read once.
+
+    Parts are immutable and numbered in the order they are written, so a
+    reader that remembers how many it has read asks the server only for the
+    ones after them: a refresh, one listing offset by that count, and one
+    read per new part. The cost of a poll does not grow with the run.
+    """
+
+    def __init__(self, analysis: Any, stream: str = "primary") -> None:
+        self.analysis = analysis
+        self.stream = stream
+        self.parts_read = 0
+        self._events: Any = None
+
+    def poll(self) -> pd.DataFrame:
+        """The rows published since the last poll (empty if none), ordered by ``seq_num``."""
+        events = self._events_node()
+        if events is None:
+            return pd.DataFrame()
+        parts = sorted(events.refresh().items()[self.parts_read :])  # one listing request
+        if not parts:
+            return pd.DataFrame()
+        self.parts_read += len(parts)
+        table = pd.concat([part.read() for _, part in parts], ignore_index=True)
+        return table.sort_values("seq_num", kind="stable").reset_index(drop=True)
+
+    def _events_node(self) -> Any:
+        """The stream's events container, once it exists (the analysis is refreshed until then)."""
+        if self._events is None:
+            analysis = self.analysis.refresh()
+            if self.stream in analysis and EVENTS_KEY in analysis[self.stream]:
+                self._events = analysis[self.stream][EVENTS_KEY]
+        return self._events
 
 
 def _parts(analysis: Any, stream: str | None, name: str) -> list[Any]:

@@ -273,6 +273,11 @@ class ProcessHost(WorkerHost):
     RunEngine's threads is unsafe.
     """
 
+    @property
+    def pid(self) -> int:
+        """The worker process' id (for monitoring its memory, profiling it)."""
+        return self._process.pid
+
     def _start(self) -> None:
         parent_sock, child_sock = socket.socketpair()
         self._process = subprocess.Popen(

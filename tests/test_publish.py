@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import bluesky.plans as bp
+import numpy as np
+import pandas as pd
 from conftest import API_KEY
 
 from smartlab_plugins.devices.beam import make_devices
-from smartlab_plugins.publish import ANALYSIS_SPEC
-from smartlab_plugins.results import find_analyses, read_events
+from smartlab_plugins.hookspecs import Results
+from smartlab_plugins.publish import ANALYSIS_SPEC, Publisher
+from smartlab_plugins.results import EventFollower, find_analyses, read_events
 
 READER = Path(__file__).with_name("live_reader.py")
 
@@ -89,3 +92,52 @@ def test_results_are_found_by_run_uid_and_plugin_with_their_provenance(RE, make_
     assert metadata["streams"] == ["primary"]
     assert len(read_events(analysis)) == 4
     assert client[uid].metadata["start"]["sample"] == "LaB6"
+
+
+def test_a_follower_reads_each_new_row_once_during_and_after_the_scan(RE, make_smartlab, client):
+    beam = make_devices(seed=7)
+    smartlab = make_smartlab(plugins=["peak_stats"])
+    polled: list = []
+    follower: dict = {}
+
+    def poll_during(name, doc):  # on the RunEngine thread, at events 4 and 8
+        if name == "start":
+            follower["uid"] = doc["uid"]
+        if name == "event" and doc["seq_num"] in (4, 8):
+            smartlab.flush()
+            if "it" not in follower:
+                (analysis,) = find_analyses(client, run_uid=follower["uid"], plugin="peak_stats")
+                follower["it"] = EventFollower(analysis)
+            polled.append(follower["it"].poll())
+
+    RE.subscribe(smartlab)
+    RE.subscribe(poll_during)
+    (uid,) = RE(bp.count([beam["beam"]], num=12))
+    smartlab.flush()
+    polled.append(follower["it"].poll())
+    polled.append(follower["it"].poll())  # nothing new
+
+    assert [list(part["seq_num"]) for part in polled[:2]] == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert list(polled[2]["seq_num"]) == [9, 10, 11, 12] and polled[3].empty
+    (analysis,) = find_analyses(client, run_uid=uid, plugin="peak_stats")
+    joined = pd.concat(polled[:3], ignore_index=True)
+    pd.testing.assert_frame_equal(joined, read_events(analysis))
+
+
+def test_results_arriving_within_the_min_interval_are_merged_into_one_part(tiled_server, client):
+    parts = {}
+    for min_interval in (0.0, 1.0):
+        publisher = Publisher(tiled_server.client, min_interval=min_interval)
+        key = publisher.open_analysis({"plugin": "merge-test", "run_uid": f"merge-{min_interval}"})
+        publisher.flush(30)
+        for seq_num in range(1, 11):  # 10 events, 100 ms apart: slower than a part is written
+            results = Results(scalars={"value": np.array([float(seq_num)])})
+            publisher.append(key, "primary", np.array([seq_num]), np.array([0.0]), results)
+            if seq_num == 1:
+                publisher.flush(30)  # the stream's containers exist: each later part is one write
+            time.sleep(0.1)
+        assert publisher.close(30)
+        (analysis,) = find_analyses(client, run_uid=f"merge-{min_interval}")
+        parts[min_interval] = len(analysis["primary"]["events"])
+        assert list(read_events(analysis)["value"]) == [float(s) for s in range(1, 11)]
+    assert parts[1.0] <= 3 and parts[0.0] >= 6, parts
