@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint docs install clean
+.PHONY: demo test bench bench-memory lint docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/generators.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/memory.py --events 20000
+
+## make bench-memory: the memory benchmark over 100,000 events (about 9 minutes on 2 cores)
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py --events 100000
 
 ## make docs: the documentation site in site/ (warnings are errors)
 docs: $(STAMP)
