@@ -47,8 +47,7 @@ def read_events(analysis: Any, stream: str = "primary") -> pd.DataFrame:
     parts = _parts(analysis, stream, EVENTS_KEY)
     if not parts:
         return pd.DataFrame()
-    table = pd.concat([part.read() for part in parts], ignore_index=True)
-    return table.sort_values("seq_num", kind="stable").reset_index(drop=True)
+    return _by_seq_num([part.read() for part in parts])
 
 
 def read_array(analysis: Any, name: str, stream: str = "primary") -> np.ndarray:
@@ -91,8 +90,7 @@ class EventFollower:
         if not parts:
             return pd.DataFrame()
         self.parts_read += len(parts)
-        table = pd.concat([part.read() for _, part in parts], ignore_index=True)
-        return table.sort_values("seq_num", kind="stable").reset_index(drop=True)
+        return _by_seq_num([part.read() for _, part in parts])
 
     def _events_node(self) -> Any:
         """The stream's events container, once it exists (the analysis is refreshed until then)."""
@@ -101,6 +99,12 @@ class EventFollower:
             if self.stream in analysis and EVENTS_KEY in analysis[self.stream]:
                 self._events = analysis[self.stream][EVENTS_KEY]
         return self._events
+
+
+def _by_seq_num(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Parts' tables as one, ordered by ``seq_num`` (stable: equal seq_nums keep part order)."""
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values("seq_num", kind="stable").reset_index(drop=True)
 
 
 def _parts(analysis: Any, stream: str | None, name: str) -> list[Any]:

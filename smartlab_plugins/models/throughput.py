@@ -2,10 +2,10 @@
 
 The plugin's path is its ``smartlab_analyze`` hook on an :class:`EventBatch`
 (input checks, preprocessing, forward pass, turning outputs into results);
-the reference is ``net(x)`` of the same batch, already preprocessed and on
-the model's device (synchronised on CUDA). Their time ratio says what the
-plugin adds to the network's own cost; ``make bench`` reports it per batch
-size for every shipped model.
+the reference is the network's own forward pass of the same batch, already
+preprocessed (:meth:`LoadedModel.run`: to the model's device and back).
+Their time ratio says what the plugin adds to the network's own cost;
+``make bench`` reports it per batch size for every shipped model.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def measure_throughput(
         x = torch.as_tensor(case.preprocess(values))
         plugin_times, bare_times = alternate_times(
             lambda b=batch: case.plugin.smartlab_analyze(run=run, batch=b),
-            lambda x=x: bare_forward(model.net, model.device, x),
+            lambda x=x: model.run(x),
             repeats,
         )
         ratios = [bare / plugin for plugin, bare in zip(plugin_times, bare_times, strict=True)]
@@ -72,18 +72,6 @@ def measure_throughput(
             }
         )
     return rows
-
-
-def bare_forward(net: torch.nn.Module, device: torch.device, x: torch.Tensor) -> None:
-    """``net(x)`` on ``device`` (bfloat16 autocast and a synchronise on CUDA), result dropped."""
-    with torch.inference_mode():
-        batch = x.to(device)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                net(batch)
-            torch.cuda.synchronize()
-        else:
-            net(batch)
 
 
 def alternate_times(
