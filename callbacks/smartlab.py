@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +64,9 @@ class SmartLab:
         Failures after which a plugin is disabled for the rest of a run.
     linger
         Seconds the feeder waits after the first new document, to ship several together.
+    spool_dir
+        Where results wait on local disk while Tiled is unreachable (and survive a
+        killed worker); default ``SMARTLAB_SPOOL_DIR``, else ``spool`` in the data folder.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class SmartLab:
         max_batch: int = 256,
         max_failures: int = 3,
         linger: float = 0.02,
+        spool_dir: str | Path | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
@@ -93,6 +98,7 @@ class SmartLab:
             max_batch=max_batch,
             max_failures=max_failures,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
+            spool_dir=str(spool_dir or settings.spool_dir()),
         )
         self._host = ISOLATIONS[isolation](config)
         self._max_pending = max_pending
@@ -275,7 +281,10 @@ class SmartLab:
             "runs_finished": len(self._host.summaries),
         }
         if self._host.alive:
-            status["worker"] = self._host.request("status", timeout=10)
+            try:
+                status["worker"] = self._host.request("status", timeout=10)
+            except WorkerError as exc:  # it died while we asked
+                status["worker_alive"], status["worker"] = False, str(exc)
         return status
 
     @property

@@ -31,13 +31,17 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 
+from smartlab_plugins import spool
 from smartlab_plugins.hookspecs import Results
 
 logger = logging.getLogger(__name__)
@@ -82,13 +86,74 @@ def json_clean(value: Any) -> Any:
     return value
 
 
+@dataclass
+class Write:
+    """One request to Tiled with every key decided beforehand, so repeating it is harmless.
+
+    ``kind`` is ``container``, ``table``, ``array`` or ``metadata``; ``parent``
+    the path below the ``smartlab`` container; ``key`` the node to create (or,
+    for ``metadata``, to update). A node that already exists is taken as it
+    is (containers) or filled again (parts: a part half-written before a crash
+    must not stay so: its data is written again).
+    """
+
+    kind: str
+    parent: tuple[str, ...]
+    key: str
+    data: Any = None
+    metadata: dict[str, Any] | None = None
+    specs: list[str] | None = None
+    dims: list[str] | None = None
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return (*self.parent, self.key)
+
+
+@dataclass
+class _Round:
+    """Writes decided together; in the journal on disk until Tiled has all of them."""
+
+    writes: list[Write] | None
+    path: Path | None = None
+    done: int = 0
+    barriers: list[threading.Event] = field(default_factory=list)
+    attempts: int = 0
+
+    def load(self) -> list[Write]:
+        if self.writes is None:
+            self.writes = spool.load(self.path) if self.path is not None else []
+        return self.writes
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed request may succeed later: Tiled away, restarting or overloaded."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        return code >= 500 or code in (408, 429)
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
+
+
 class Publisher:
-    """Write analyses to Tiled from a background thread, in order, batched.
+    """Write analyses to Tiled from a background thread, in order, batched, losslessly.
 
     ``min_interval`` (s) is the shortest time between two rounds of writes:
     what arrives sooner waits and is merged, so at most about ``1 /
     min_interval`` parts per second are written per stream and array,
     whatever the event rate. Flushing and closing never wait for it.
+
+    With a ``journal_dir``, every round is stored on local disk before it is
+    sent and removed once Tiled has it (:mod:`smartlab_plugins.spool`). When
+    Tiled cannot be reached, or answers 5xx, the publisher retries the round
+    with exponential backoff (``retry_initial`` up to ``retry_max`` seconds)
+    and keeps queuing new rounds on disk meanwhile, so memory stays bounded
+    and nothing is lost; rounds left by a publisher that died or closed
+    during an outage are adopted at start and written first. A request Tiled
+    refuses for good (4xx) is logged with what was lost and skipped.
     """
 
     def __init__(
@@ -96,18 +161,44 @@ class Publisher:
         client_factory: Callable[[], Any],
         max_pending: int = 100_000,
         min_interval: float = 0.1,
+        journal_dir: Path | None = None,
+        tiled_uri: str = "",
+        retry_initial: float = 0.5,
+        retry_max: float = 10.0,
+        server_error_attempts: int = 5,
     ) -> None:
         self._client_factory = client_factory
         self._min_interval = min_interval
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._server_error_attempts = server_error_attempts
         self._last_round = 0.0
         self._ops: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._nodes: dict[str, Any] = {}
-        self._streams: dict[tuple[str, str], Any] = {}
-        self._parts: dict[tuple[str, str, str], tuple[Any, int]] = {}
+        self._journal = spool.Journal(journal_dir, tiled_uri) if journal_dir else None
+        self._backlog: deque[_Round] = deque()
+        if self._journal is not None:
+            self._backlog.extend(_Round(None, path) for path in self._journal.adopt_orphans())
+        self._retry_at = 0.0
+        self._retry_delay = retry_initial
+        self._outage_since: float | None = None
+        self._handles: dict[tuple[str, ...], Any] = {}
+        self._planned: set[tuple[str, ...]] = set()
+        self._next_index: dict[tuple[str, ...], int] = {}
         self._root = None
         self._written = 0
         self._failed = 0
-        self._thread = threading.Thread(target=self._run, name="smartlab-publisher", daemon=True)
+        self._lock = threading.Condition()
+        self._taken = 0  # operations accepted, and those whose writes are queued (journaled)
+        self._admitted = 0
+        self._exiting = False
+        self._released = False
+        self._planner = threading.Thread(
+            target=self._plan_loop, name="smartlab-planner", daemon=True
+        )
+        self._thread = threading.Thread(
+            target=self._write_loop, name="smartlab-publisher", daemon=True
+        )
+        self._planner.start()
         self._thread.start()
 
     # -- API used by the worker (all non-blocking) -------------------------
@@ -136,17 +227,32 @@ class Publisher:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 60.0) -> bool:
+        """Write what is queued (up to ``timeout``), then stop; what Tiled did not
+        take stays in the journal for the next publisher."""
         flushed = self.flush(timeout)
         self._put(("exit",))
-        self._thread.join(timeout=5)
+        self._planner.join(timeout=10)
+        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # stuck in a request to an unreachable Tiled
+            self._leave()
         return flushed
 
-    def stats(self) -> dict[str, int]:
-        return {"queued": self._ops.qsize(), "written": self._written, "failed": self._failed}
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queued": self._ops.qsize(),
+            "not_journaled": self._taken - self._admitted,
+            "written": self._written,
+            "failed": self._failed,
+            "backlog_rounds": len(self._backlog),
+            "tiled_unreachable_for_s": (
+                round(time.monotonic() - self._outage_since, 1) if self._outage_since else 0.0
+            ),
+        }
 
     def _put(self, op: tuple) -> None:
         try:
             self._ops.put_nowait(op)
+            self._taken += 1
         except queue.Full:
             self._failed += 1
             logger.error(
@@ -155,12 +261,33 @@ class Publisher:
 
     # -- the publisher thread ----------------------------------------------
 
-    def _run(self) -> None:
+    def _plan_loop(self) -> None:
+        """Take operations, decide their writes, and queue them (in the journal) as rounds."""
         while True:
             ops = [self._ops.get()]
             self._gather(ops, until=self._last_round + self._min_interval)
             self._last_round = time.monotonic()
-            if self._execute(ops):
+            exiting = self._admit(ops)
+            self._admitted += len(ops)
+            if exiting:
+                with self._lock:
+                    self._exiting = True
+                    self._lock.notify_all()
+                return
+
+    def _write_loop(self) -> None:
+        """Send the queued rounds to Tiled, in order, retrying while it is away."""
+        while True:
+            with self._lock:
+                while not self._exiting and (
+                    not self._backlog or time.monotonic() < self._retry_at
+                ):
+                    wait = self._retry_at - time.monotonic() if self._backlog else None
+                    self._lock.wait(timeout=wait)
+                exiting = self._exiting
+            self._drain()
+            if exiting:
+                self._leave()
                 return
 
     def _gather(self, ops: list[tuple], until: float) -> None:
@@ -176,10 +303,12 @@ class Publisher:
             except queue.Empty:
                 return
 
-    def _execute(self, ops: list[tuple]) -> bool:
-        """Carry out ``ops`` in order, merging appends and errors per analysis."""
+    def _admit(self, ops: list[tuple]) -> bool:
+        """Decide the writes of ``ops`` and queue them as rounds; True if told to exit."""
+        writes: list[Write] = []
         appends: dict[tuple[str, str], list[tuple]] = {}
         errors: dict[str, list[ErrorRecord]] = {}
+        exiting = False
         for op in ops:
             kind = op[0]
             if kind == "append":
@@ -187,45 +316,174 @@ class Publisher:
             elif kind == "errors":
                 errors.setdefault(op[1], []).extend(op[2])
             elif kind in ("open", "close"):
-                self._flush_pending(appends, errors, only=op[1])
-                self._guarded(kind, op[1], getattr(self, f"_do_{kind}"), *op[1:])
+                writes += self._plan_pending(appends, errors, only=op[1])
+                writes += self._plan_open(*op[1:]) if kind == "open" else self._plan_close(*op[1:])
             else:
-                self._flush_pending(appends, errors)
+                writes += self._plan_pending(appends, errors)
+                self._queue_round(writes)
+                writes = []
                 if kind == "barrier":
-                    op[1].set()
+                    self._add_barrier(op[1])
                 elif kind == "exit":
-                    return True
-        self._flush_pending(appends, errors)
+                    exiting = True
+        self._queue_round(writes + self._plan_pending(appends, errors))
+        return exiting
+
+    def _add_barrier(self, barrier: threading.Event) -> None:
+        """Have ``barrier`` set once everything queued before it is written."""
+        with self._lock:
+            if not self._backlog:
+                self._backlog.append(_Round([]))
+            self._backlog[-1].barriers.append(barrier)
+            self._lock.notify_all()
+
+    def _queue_round(self, writes: list[Write]) -> None:
+        if not writes:
+            return
+        path = self._journal.add(writes) if self._journal is not None else None
+        with self._lock:
+            keep = writes if path is None or not self._backlog else None  # disk holds the rest
+            self._backlog.append(_Round(keep, path))
+            self._lock.notify_all()
+
+    def _drain(self) -> None:
+        """Write the queued rounds in order, until done or Tiled fails us."""
+        while self._backlog and time.monotonic() >= self._retry_at:
+            head = self._backlog[0]
+            try:
+                writes = head.load()
+            except FileNotFoundError:
+                writes = []  # another publisher adopted and wrote it
+            while head.done < len(writes):
+                try:
+                    self._apply(writes[head.done])
+                except Exception as exc:
+                    if self._retry_later(head, writes[head.done], exc):
+                        return
+                else:
+                    self._written += 1
+                    head.attempts = 0
+                head.done += 1
+            if head.path is not None:
+                self._journal.remove(head.path)
+            with self._lock:
+                self._backlog.popleft()
+                barriers = head.barriers
+            for barrier in barriers:
+                barrier.set()
+            if self._outage_since is not None:
+                logger.warning(
+                    "Tiled is reachable again after %.0f s; publishing the results kept meanwhile",
+                    time.monotonic() - self._outage_since,
+                )
+                self._outage_since = None
+            self._retry_delay = self._retry_initial
+
+    def _retry_later(self, head: _Round, write: Write, exc: Exception) -> bool:
+        """Decide after a failed write: True to retry it later, False to skip it."""
+        head.attempts += 1
+        server_error = isinstance(exc, httpx.HTTPStatusError)
+        if is_transient(exc) and not (server_error and head.attempts > self._server_error_attempts):
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                logger.error(
+                    "cannot write to Tiled (%s: %s); results are kept on local disk and "
+                    "retried with backoff, the scan goes on",
+                    type(exc).__name__,
+                    exc,
+                )
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self._retry_max)
+            self._root = None if not server_error else self._root
+            return True
+        self._failed += 1
+        head.attempts = 0
+        logger.error(
+            "could not write %s %s to Tiled, skipped: %s: %s",
+            write.kind,
+            "/".join(write.path),
+            type(exc).__name__,
+            exc,
+        )
         return False
 
-    def _flush_pending(
+    def _leave(self) -> None:
+        """Hand what Tiled has not taken to a later publisher (once)."""
+        with self._lock:
+            if self._journal is None or self._released:
+                return
+            self._released = True
+        left = self._journal.release()
+        if left:
+            logger.error(
+                "Tiled did not take %d round(s) of results before SmartLab closed; they are "
+                "kept on local disk and written when SmartLab next starts with this server",
+                left,
+            )
+
+    # -- deciding the writes -------------------------------------------------
+
+    def _container(self, parent: tuple[str, ...], key: str, **kwargs: Any) -> list[Write]:
+        path = (*parent, key)
+        if path in self._planned:
+            return []
+        self._planned.add(path)
+        return [Write("container", parent, key, **kwargs)]
+
+    def _part(self, parent: tuple[str, ...], kind: str, data: Any, **kwargs: Any) -> list[Write]:
+        """The writes that add the next part under ``parent`` (made on first use)."""
+        writes = self._container(parent[:-1], parent[-1])
+        index = self._next_index.get(parent, 0)
+        self._next_index[parent] = index + 1
+        return [*writes, Write(kind, parent, part_key(index), data=data, **kwargs)]
+
+    def _plan_open(self, key: str, metadata: dict[str, Any]) -> list[Write]:
+        return self._container((), key, metadata=metadata, specs=[ANALYSIS_SPEC])
+
+    def _plan_close(self, key: str, metadata: dict[str, Any]) -> list[Write]:
+        return [Write("metadata", (), key, metadata=metadata)]
+
+    def _plan_pending(
         self,
         appends: dict[tuple[str, str], list[tuple]],
         errors: dict[str, list[ErrorRecord]],
         only: str | None = None,
-    ) -> None:
+    ) -> list[Write]:
+        writes: list[Write] = []
         for key, stream in [k for k in appends if only is None or k[0] == only]:
-            ops = appends.pop((key, stream))
-            for group in _same_shape_groups(ops):
-                self._guarded("results", key, self._do_append, key, stream, group)
+            for group in _same_shape_groups(appends.pop((key, stream))):
+                writes += self._plan_append(key, stream, group)
         for key in [k for k in errors if only is None or k == only]:
-            records = errors.pop(key)
-            self._guarded("errors", key, self._do_errors, key, records)
+            table = pd.DataFrame([asdict(r) for r in errors.pop(key)])
+            writes += self._part((key, ERRORS_KEY), "table", table)
+        return writes
 
-    def _guarded(self, kind: str, key: str, action: Callable[..., None], *args: Any) -> None:
-        """Do one write; a failure is logged with what was lost, and the thread goes on."""
-        try:
-            action(*args)
-            self._written += 1
-        except Exception as exc:
-            self._failed += 1
-            logger.error(
-                "could not write %s of analysis %s to Tiled: %s: %s",
-                kind,
-                key,
-                type(exc).__name__,
-                exc,
+    def _plan_append(self, key: str, stream: str, ops: list[tuple]) -> list[Write]:
+        writes = self._container((key,), stream, metadata={"stream": stream}, specs=[STREAM_SPEC])
+        seq_num = np.concatenate([op[3] for op in ops])
+        results: list[Results] = [op[5] for op in ops]
+        first = results[0]
+        if first.scalars or not first.arrays:
+            columns: dict[str, Any] = {
+                "seq_num": seq_num,
+                "time": np.concatenate([op[4] for op in ops]),
+            }
+            for name in first.scalars:
+                columns[name] = np.concatenate([np.asarray(r.scalars[name]) for r in results])
+            writes += self._part((key, stream, EVENTS_KEY), "table", pd.DataFrame(columns))
+        for name, value in first.arrays.items():
+            stacked = np.concatenate([np.asarray(r.arrays[name]) for r in results])
+            extra = first.dims.get(name) or tuple(f"dim_{i}" for i in range(1, np.ndim(value)))
+            writes += self._part(
+                (key, stream, name),
+                "array",
+                stacked,
+                dims=["event", *extra],
+                metadata={"seq_num": seq_num.tolist()},
             )
+        return writes
+
+    # -- carrying them out ---------------------------------------------------
 
     def _client_root(self):
         if self._root is None:
@@ -239,64 +497,50 @@ class Publisher:
                     if ROOT_KEY not in client:  # lost a creation race: fine if it exists now
                         raise
             self._root = client[ROOT_KEY]
+            self._handles = {}
         return self._root
 
-    def _do_open(self, key: str, metadata: dict[str, Any]) -> None:
-        self._nodes[key] = self._client_root().create_container(
-            key, metadata=metadata, specs=[ANALYSIS_SPEC]
-        )
-
-    def _node(self, key: str):
-        if key not in self._nodes:
-            raise RuntimeError("its analysis node was never created (see the earlier error)")
-        return self._nodes[key]
-
-    def _stream_node(self, key: str, stream: str):
-        node = self._streams.get((key, stream))
+    def _node(self, path: tuple[str, ...]):
+        root = self._client_root()
+        node = self._handles.get(path)
         if node is None:
-            node = self._node(key).create_container(
-                stream, metadata={"stream": stream}, specs=[STREAM_SPEC]
-            )
-            self._streams[(key, stream)] = node
+            node = root
+            for key in path:
+                node = node[key]
+            self._handles[path] = node
         return node
 
-    def _next_part(self, key: str, stream: str, name: str, parent) -> tuple[Any, str]:
-        """The container for parts of ``name`` under ``parent``, and the next part's key."""
-        slot = (key, stream, name)
-        if slot not in self._parts:
-            self._parts[slot] = (parent.create_container(name), 0)
-        container, index = self._parts[slot]
-        self._parts[slot] = (container, index + 1)
-        return container, part_key(index)
+    def _apply(self, write: Write) -> None:
+        if write.kind == "metadata":
+            self._node(write.path).update_metadata(metadata=write.metadata)
+            return
+        parent = self._node(write.parent)
+        if write.kind == "container":
+            try:
+                node = parent.create_container(
+                    write.key, metadata=write.metadata, specs=write.specs
+                )
+            except Exception as exc:
+                if not _is_conflict(exc):
+                    raise
+                node = parent[write.key]  # made before a crash or a lost answer: keep it
+            self._handles[write.path] = node
+            return
+        try:
+            self._write_part(parent, write)
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+            # Made before a crash or a lost answer, perhaps without its data (the node and
+            # its data are two requests): write the same data into it again.
+            parent[write.key].write(write.data)
 
-    def _do_append(self, key: str, stream: str, ops: list[tuple]) -> None:
-        node = self._stream_node(key, stream)
-        seq_num = np.concatenate([op[3] for op in ops])
-        results: list[Results] = [op[5] for op in ops]
-        first = results[0]
-        if first.scalars or not first.arrays:
-            columns: dict[str, Any] = {
-                "seq_num": seq_num,
-                "time": np.concatenate([op[4] for op in ops]),
-            }
-            for name in first.scalars:
-                columns[name] = np.concatenate([np.asarray(r.scalars[name]) for r in results])
-            container, part = self._next_part(key, stream, EVENTS_KEY, node)
-            container.write_table(pd.DataFrame(columns), key=part)
-        for name, value in first.arrays.items():
-            stacked = np.concatenate([np.asarray(r.arrays[name]) for r in results])
-            extra = first.dims.get(name) or tuple(f"dim_{i}" for i in range(1, np.ndim(value)))
-            container, part = self._next_part(key, stream, name, node)
-            container.write_array(
-                stacked, key=part, dims=["event", *extra], metadata={"seq_num": seq_num.tolist()}
-            )
-
-    def _do_errors(self, key: str, records: list[ErrorRecord]) -> None:
-        container, part = self._next_part(key, "", ERRORS_KEY, self._node(key))
-        container.write_table(pd.DataFrame([asdict(r) for r in records]), key=part)
-
-    def _do_close(self, key: str, metadata: dict[str, Any]) -> None:
-        self._node(key).update_metadata(metadata=metadata)
+    @staticmethod
+    def _write_part(parent, write: Write) -> None:
+        if write.kind == "table":
+            parent.write_table(write.data, key=write.key)
+        else:
+            parent.write_array(write.data, key=write.key, dims=write.dims, metadata=write.metadata)
 
 
 def _same_shape_groups(ops: list[tuple]) -> list[list[tuple]]:

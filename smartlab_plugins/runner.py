@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from smartlab_plugins.manager import PluginManager, from_reference
@@ -56,6 +57,8 @@ class WorkerConfig:
     log_level: int = logging.INFO
     mode: str = "live"
     annotations: dict[str, Any] = field(default_factory=dict)
+    #: Folder of the local journal of results not yet in Tiled; None keeps them in memory only.
+    spool_dir: str | None = None
 
 
 class Session:
@@ -70,7 +73,11 @@ class Session:
         plugins = PluginManager()
         for reference in config.registered:
             plugins.register(from_reference(reference))
-        self.publisher = Publisher(client)
+        self.publisher = Publisher(
+            client,
+            journal_dir=Path(config.spool_dir) if config.spool_dir else None,
+            tiled_uri=config.tiled_uri,
+        )
         self.raw = RawRunWriter(client) if config.raw else None
         self.worker = Worker(
             plugins,
@@ -218,6 +225,7 @@ class WorkerHost:
             try:
                 kind, payload = self._recv()
             except (EOFError, OSError):
+                self._reap()
                 if self.alive:
                     self.alive = False
                     logger.error(
@@ -262,6 +270,9 @@ class WorkerHost:
     def _join(self, timeout: float) -> None:
         raise NotImplementedError
 
+    def _reap(self) -> None:
+        """Collect the worker's exit status, if it is a process that has exited."""
+
 
 class ProcessHost(WorkerHost):
     """The worker in a child Python process, at lower CPU priority than the scan.
@@ -291,6 +302,9 @@ class ProcessHost(WorkerHost):
 
     def _send(self, message: tuple) -> None:
         self._conn.send(message)
+
+    def _reap(self) -> None:
+        self._process.poll()
 
     def _recv(self) -> tuple:
         return self._conn.recv()

@@ -11,6 +11,10 @@ the IPython profile) agrees:
 ``SMARTLAB_DATA_DIR``
     The embedded server's catalog, files and generated key. Default:
     ``$XDG_DATA_HOME/smartlab``, i.e. ``~/.local/share/smartlab``.
+``SMARTLAB_SPOOL_DIR``
+    Where results wait on local disk until Tiled has them (a journal per
+    worker, see :mod:`smartlab_plugins.spool`). Default: ``spool`` in the data
+    folder.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def default_data_dir() -> Path:
         return Path(explicit).expanduser()
     xdg = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(xdg) / "smartlab"
+
+
+def spool_dir() -> Path:
+    """The folder of the local journals of results not yet in Tiled."""
+    if explicit := os.environ.get("SMARTLAB_SPOOL_DIR"):
+        return Path(explicit).expanduser()
+    return default_data_dir() / "spool"
 
 
 def tiled_uri() -> str | None:

@@ -15,6 +15,14 @@ API_KEY = "smartlabtestkey"
 os.environ.setdefault("MPLBACKEND", "Agg")  # live views draw off screen in tests
 
 
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local results journal per test, so no test adopts what another left behind."""
+    folder = tmp_path / "spool"
+    monkeypatch.setenv("SMARTLAB_SPOOL_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
     """One writable Tiled server for the whole session, on a free port, key required."""
