@@ -62,6 +62,15 @@ class SmartLab:
         Largest batch of events handed to a plugin at once.
     max_failures
         Failures after which a plugin is disabled for the rest of a run.
+    plugin_timeout
+        Seconds one call of a plugin may take; a plugin that hangs longer is disabled
+        for the rest of the run, and its failure recorded.
+    max_growth_mb
+        Memory growth (MB) across one plugin's calls in a run beyond which it is
+        disabled for the run, as leaking.
+    lane_capacity
+        Batches that may wait for one plugin; what a plugin too slow to keep up
+        cannot take is skipped for it (and recorded), never for the others.
     linger
         Seconds the feeder waits after the first new document, to ship several together.
     spool_dir
@@ -80,6 +89,9 @@ class SmartLab:
         max_pending: int = 10_000,
         max_batch: int = 256,
         max_failures: int = 3,
+        plugin_timeout: float = 30.0,
+        max_growth_mb: float = 2048.0,
+        lane_capacity: int = 64,
         linger: float = 0.02,
         spool_dir: str | Path | None = None,
     ) -> None:
@@ -97,6 +109,9 @@ class SmartLab:
             raw=raw,
             max_batch=max_batch,
             max_failures=max_failures,
+            plugin_timeout=plugin_timeout,
+            max_growth_mb=max_growth_mb,
+            lane_capacity=lane_capacity,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
         )

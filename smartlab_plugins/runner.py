@@ -53,6 +53,9 @@ class WorkerConfig:
     raw: bool = True
     max_batch: int = 256
     max_failures: int = 3
+    plugin_timeout: float = 30.0
+    lane_capacity: int = 64
+    max_growth_mb: float = 2048.0
     nice: int = 5
     log_level: int = logging.INFO
     mode: str = "live"
@@ -85,6 +88,9 @@ class Session:
             enabled=config.enabled,
             max_batch=config.max_batch,
             max_failures=config.max_failures,
+            plugin_timeout=config.plugin_timeout,
+            lane_capacity=config.lane_capacity,
+            max_growth_mb=config.max_growth_mb,
             mode=config.mode,
             annotations=config.annotations,
             on_normalized=self.raw.put if self.raw is not None else None,
@@ -97,7 +103,8 @@ class Session:
         return self.worker.summaries[before:]
 
     def flush(self, timeout: float | None) -> bool:
-        ok = self.publisher.flush(timeout)
+        ok = self.worker.wait_idle(timeout)
+        ok = self.publisher.flush(timeout) and ok
         if self.raw is not None:
             ok = self.raw.flush(timeout) and ok
         return ok

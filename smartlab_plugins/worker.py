@@ -6,6 +6,21 @@ enabled plugin the fields its ``DataSpec`` selects, and hands the results to
 the publisher. A plugin that raises is recorded against the events it failed
 on and, after ``max_failures`` failures in one run, disabled for that run;
 the other plugins and the scan carry on.
+
+Each plugin of a run has a lane of its own (:mod:`smartlab_plugins.lanes`),
+so a plugin that is slow, hangs or leaks never holds up the others:
+
+- too slow: batches that do not fit in its lane (``lane_capacity``) are
+  skipped and recorded (stage ``skipped``, with the events' seq_nums);
+- hung: a call that takes longer than ``plugin_timeout`` seconds disables
+  the plugin for the rest of the run, recorded (stage ``timeout``) with the
+  event it was on and where its thread is stuck; the next run starts it on a
+  fresh thread;
+- leaking: when the process' memory has grown by more than
+  ``max_growth_mb`` across the plugin's calls in one run (measured over the
+  calls that ran while no other plugin's did: the only ones for which
+  resident memory says who grew it), it is disabled for the run (stage
+  ``memory``). What it holds is given back only when the worker restarts.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import numpy as np
 
 from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
+from smartlab_plugins.lanes import Lane
 from smartlab_plugins.manager import PluginManager, UnknownPluginError
 from smartlab_plugins.publish import ErrorRecord, Publisher
 
@@ -52,6 +68,10 @@ class _Analysis:
     failures: int = 0
     errors: int = 0
     disabled: bool = False
+    lane: Lane | None = None
+    summary: Any = None
+    skipped: int = 0
+    timed_out: bool = False
 
 
 @dataclass
@@ -81,6 +101,9 @@ class Worker:
         mode: str = "live",
         annotations: Mapping[str, Any] | None = None,
         on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
+        plugin_timeout: float = 30.0,
+        lane_capacity: int = 64,
+        max_growth_mb: float = 2048.0,
     ) -> None:
         self.plugins = plugins
         self.publisher = publisher
@@ -88,6 +111,9 @@ class Worker:
             plugins.resolve(enabled) if enabled is not None else plugins.names()
         )
         self.max_failures = max_failures
+        self.plugin_timeout = plugin_timeout
+        self.lane_capacity = lane_capacity
+        self.max_growth_mb = max_growth_mb
         self.mode = mode
         self.annotations = dict(annotations or {})
         self._assembler = BatchAssembler(self, max_batch=max_batch, on_normalized=on_normalized)
@@ -121,6 +147,8 @@ class Worker:
         """Mark runs still open as interrupted; the publisher is closed by its owner."""
         for run in list(self._runs.values()):
             for analysis in run.active:
+                if analysis.lane is not None:
+                    analysis.lane.stop()
                 self.publisher.close_analysis(
                     analysis.key, self._closing_metadata(run, analysis, "interrupted")
                 )
@@ -128,6 +156,16 @@ class Worker:
                 "run %s: closed before its stop document; results marked interrupted", run.uid[:8]
             )
         self._runs.clear()
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until the plugins have analysed everything given so far; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for run in list(self._runs.values()):
+            for analysis in run.active:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if analysis.lane is not None and not analysis.lane.wait_idle(left):
+                    return False
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -189,6 +227,11 @@ class Worker:
             }
         )
         logger.info("run %s plugin %s: analysing", run.uid[:8], analysis.plugin)
+        analysis.lane = Lane(analysis.plugin, capacity=self.lane_capacity)
+        analysis.lane.submit(lambda: self._start_plugin(run, analysis), "start_run")
+
+    def _start_plugin(self, run: _Run, analysis: _Analysis) -> None:
+        """The plugin's ``smartlab_start_run``, on its lane."""
         failures = analysis.failures
         self._call(run, analysis, "smartlab_start_run", stage="start_run", run=analysis.context)
         if analysis.failures > failures and not analysis.disabled:
@@ -197,13 +240,96 @@ class Worker:
 
     def add_batch(self, run_uid: str, raw: RawBatch) -> None:
         run = self._runs[run_uid]
+        self._watch(run)
         for analysis in run.analyses:
             names = analysis.fields.get(raw.stream)
             if analysis.disabled or not names:
                 continue
             batch = self._checked_batch(run, analysis, raw, names)
             if batch is not None and len(batch):
-                self._analyze(run, analysis, batch)
+                self._submit(run, analysis, batch)
+
+    def _submit(self, run: _Run, analysis: _Analysis, batch: EventBatch) -> None:
+        """Queue a batch on the plugin's lane, or record it as skipped if the lane is full."""
+        first, last = int(batch.seq_num[0]), int(batch.seq_num[-1])
+        what = f"events {first}-{last} of stream {batch.stream!r}"
+        if analysis.lane.submit(
+            lambda: self._run_batch(run, analysis, batch), what, batch.stream, first
+        ):
+            return
+        analysis.skipped += len(batch)
+        self._record(
+            run,
+            analysis,
+            "skipped",
+            f"not analysed: the plugin is behind ({self.lane_capacity} batches already "
+            f"waiting), {what} skipped",
+            stream=batch.stream,
+            seq_num=first,
+            error="PluginBehind",
+        )
+
+    def _run_batch(self, run: _Run, analysis: _Analysis, batch: EventBatch) -> None:
+        """Analyse one batch, on the plugin's lane; then check the memory its calls kept."""
+        if analysis.disabled:
+            return
+        self._analyze(run, analysis, batch)
+        growth_mb = analysis.lane.growth / 2**20
+        if growth_mb > self.max_growth_mb and not analysis.disabled:
+            analysis.disabled = True
+            message = (
+                f"disabled for this run: memory grew by {growth_mb:.0f} MB over "
+                f"{analysis.lane.measured_calls} of its calls that ran alone "
+                f"(limit max_growth_mb={self.max_growth_mb:g})"
+            )
+            logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+            self._record(
+                run,
+                analysis,
+                "memory",
+                message,
+                stream=batch.stream,
+                seq_num=int(batch.seq_num[-1]),
+                error="PluginMemoryGrowth",
+            )
+
+    def _watch(self, run: _Run) -> None:
+        """Disable, for this run, each plugin whose call has taken longer than the timeout."""
+        for analysis in run.active:
+            lane = analysis.lane
+            if lane is not None and not lane.abandoned and lane.busy_for > self.plugin_timeout:
+                self._timed_out(run, analysis)
+
+    def _timed_out(self, run: _Run, analysis: _Analysis) -> None:
+        lane = analysis.lane
+        busy = lane.busy_for
+        what = (
+            f"busy with {lane.current} for {busy:.0f} s"
+            if busy > self.plugin_timeout
+            else f"{lane.waiting} call(s) still waiting at the end of the run"
+        )
+        message = (
+            f"no answer within plugin_timeout={self.plugin_timeout:g} s ({what}); "
+            "skipped for the rest of the run"
+        )
+        logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+        analysis.disabled = analysis.timed_out = True
+        analysis.errors += 1
+        self.publisher.record_errors(
+            analysis.key,
+            [
+                ErrorRecord(
+                    plugin=analysis.plugin,
+                    stage="timeout",
+                    stream=lane.current_stream,
+                    seq_num=lane.current_seq_num,
+                    error="PluginTimeout",
+                    message=message,
+                    traceback=lane.stack(),
+                )
+            ],
+        )
+        lane.abandon()
 
     def close_run(self, stop: Mapping[str, Any]) -> None:
         run = self._runs.pop(stop["run_start"], None)
@@ -211,22 +337,13 @@ class Worker:
             return
         run.dropped = self._dropped.pop(run.uid, 0)
         status_of_run = stop.get("exit_status", "success")
+        self._finish_lanes(run, stop)
         for analysis in run.active:
-            summary = None
-            if not analysis.disabled:
-                summary = self._call(
-                    run,
-                    analysis,
-                    "smartlab_finish_run",
-                    stage="finish_run",
-                    run=analysis.context,
-                    stop=stop,
-                )
             status = "disabled" if analysis.disabled else "complete"
             metadata = self._closing_metadata(run, analysis, status)
             metadata["run_exit_status"] = status_of_run
-            if summary is not None:
-                metadata["summary"] = summary
+            if analysis.summary is not None:
+                metadata["summary"] = analysis.summary
             self.publisher.close_analysis(analysis.key, metadata)
         summary = {
             "run_uid": run.uid,
@@ -239,12 +356,57 @@ class Worker:
                     "events": a.events,
                     "errors": a.errors,
                     "disabled": a.disabled,
+                    "skipped": a.skipped,
+                    "timed_out": a.timed_out,
                 }
                 for a in run.active
             },
         }
         self.summaries.append(summary)
         _log_run_summary(summary)
+
+    def _finish_lanes(self, run: _Run, stop: Mapping[str, Any]) -> None:
+        """Let each plugin finish the run on its lane.
+
+        Lanes are waited for together, for at most ``plugin_timeout`` seconds
+        in all: a plugin still busy then (hung, or too slow to catch up) is
+        timed out and its remaining work skipped, so one plugin never keeps
+        the next run waiting for long.
+        """
+        deadline = time.monotonic() + self.plugin_timeout
+        unfinished = [a for a in run.active if a.lane is not None and not a.lane.abandoned]
+        to_submit = {id(a) for a in unfinished if not a.disabled}
+        while unfinished:
+            still = []
+            for analysis in unfinished:
+                lane = analysis.lane
+                if id(analysis) in to_submit and lane.submit(
+                    self._finisher(run, analysis, stop), "finish_run"
+                ):
+                    to_submit.discard(id(analysis))
+                if id(analysis) not in to_submit and lane.wait_idle(0):
+                    lane.stop()
+                elif time.monotonic() > deadline or lane.busy_for > self.plugin_timeout:
+                    self._timed_out(run, analysis)
+                else:
+                    still.append(analysis)
+            unfinished = still
+            if unfinished:
+                time.sleep(0.005)
+
+    def _finisher(self, run: _Run, analysis: _Analysis, stop: Mapping[str, Any]):
+        def finish() -> None:
+            if not analysis.disabled:
+                analysis.summary = self._call(
+                    run,
+                    analysis,
+                    "smartlab_finish_run",
+                    stage="finish_run",
+                    run=analysis.context,
+                    stop=stop,
+                )
+
+        return finish
 
     def reject(self, problem: DocumentProblem) -> None:
         run = self._runs.get(problem.run_uid) if problem.run_uid else None
@@ -421,6 +583,7 @@ class Worker:
         message: str,
         stream: str = "",
         seq_num: int = -1,
+        error: str | None = None,
     ) -> None:
         if stage == "input":
             logger.error(
@@ -439,7 +602,7 @@ class Worker:
                     stage=stage,
                     stream=stream,
                     seq_num=seq_num,
-                    error="InputError" if stage == "input" else "PluginDisabled",
+                    error=error or ("InputError" if stage == "input" else "PluginDisabled"),
                     message=message,
                 )
             ],
@@ -452,6 +615,8 @@ class Worker:
             "events": analysis.events,
             "errors": analysis.errors,
             "dropped": run.dropped,
+            "skipped": analysis.skipped,
+            "timed_out": analysis.timed_out,
             "streams": sorted(analysis.context.descriptors),
         }
 

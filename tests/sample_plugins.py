@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -106,3 +107,61 @@ class RunCounter:
     @hookimpl
     def smartlab_finish_run(self, run: RunContext) -> dict:
         return {"events": run.state["events"]}
+
+
+class Hangs:
+    """Never returns from event ``at`` on (until ``release`` is set): a deadlocked plugin."""
+
+    name = "hangs"
+
+    def __init__(self, at: int = 5) -> None:
+        self.at = at
+        self.release = threading.Event()
+
+    @hookimpl
+    def smartlab_describe(self) -> PluginInfo:
+        return PluginInfo(self.name, "0.1", DataSpec(ndims=(1,)))
+
+    @hookimpl
+    def smartlab_analyze(self, batch: EventBatch) -> Results:
+        if batch.seq_num[-1] >= self.at:
+            self.release.wait()
+        return Results(scalars={"ok": np.ones(len(batch))})
+
+
+class Crawls:
+    """Takes ``per_event`` seconds per event: far slower than a fast scan makes them."""
+
+    name = "crawls"
+
+    def __init__(self, per_event: float = 0.2) -> None:
+        self.per_event = per_event
+
+    @hookimpl
+    def smartlab_describe(self) -> PluginInfo:
+        return PluginInfo(self.name, "0.1", DataSpec(ndims=(1,)))
+
+    @hookimpl
+    def smartlab_analyze(self, batch: EventBatch) -> Results:
+        time.sleep(self.per_event * len(batch))
+        return Results(scalars={"ok": np.ones(len(batch))})
+
+
+class Leaks:
+    """Keeps ``mb_per_event`` MB of memory for every event it sees, and never lets go."""
+
+    name = "leaks"
+
+    def __init__(self, mb_per_event: float = 16) -> None:
+        self.mb_per_event = mb_per_event
+        self.kept: list[np.ndarray] = []
+
+    @hookimpl
+    def smartlab_describe(self) -> PluginInfo:
+        return PluginInfo(self.name, "0.1", DataSpec(ndims=(1,)))
+
+    @hookimpl
+    def smartlab_analyze(self, batch: EventBatch) -> Results:
+        for _ in range(len(batch)):
+            self.kept.append(np.ones(int(self.mb_per_event * 2**20 / 8)))  # touched: resident
+        return Results(scalars={"ok": np.ones(len(batch))})
