@@ -4,9 +4,23 @@ On the RunEngine thread it does O(1) work per document: it appends the
 document to a bounded deque and returns. A feeder thread ships what has
 accumulated to the analysis worker (a child process by default) every few
 milliseconds, so the worker sees larger batches exactly when the scan is
-fast. When the deque is full, events and datums are dropped, never the
-documents that open or close a run or a stream; every drop is counted, and
-reported at the run's stop document and in the published results.
+fast.
+
+When analysis falls behind and the deque is full, the ``backpressure``
+policy decides:
+
+``"spill"`` (default)
+    Documents wait on local disk (:class:`~smartlab_plugins.spool.DiskQueue`)
+    and are shipped, in order, once the worker catches up: nothing is lost,
+    memory stays bounded, and the scan pays only for writing them. In the
+    worker, a plugin's full lane makes the worker wait, for at most
+    ``plugin_timeout``; a plugin that stays that far behind is disabled for
+    the run (recorded), so the others catch up.
+``"drop"``
+    Events and datums beyond ``max_pending`` are dropped, never the documents
+    that open or close a run or a stream; in the worker, batches a plugin
+    has no room for are skipped for it. Every drop and skip is counted,
+    logged and recorded in the published results, for monitoring.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from smartlab_plugins import settings
 from smartlab_plugins.connection import connect
 from smartlab_plugins.manager import PluginManager, plugin_reference
 from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
+from smartlab_plugins.spool import DiskQueue
 from smartlab_plugins.worker import Shipment
 
 logger = logging.getLogger(__name__)
@@ -33,6 +48,7 @@ logger = logging.getLogger(__name__)
 #: Documents that are never dropped: losing one would lose a whole run or stream.
 ESSENTIAL = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
 ISOLATIONS = {"process": ProcessHost, "thread": ThreadHost}
+BACKPRESSURE = ("spill", "drop")
 
 
 class SmartLab:
@@ -57,7 +73,10 @@ class SmartLab:
         ``"thread"`` in a thread of this one (costs scan speed; for plugins that
         cannot be pickled, and for tests).
     max_pending
-        Documents held for the worker before events are dropped (and counted).
+        Documents held in memory for the worker; beyond, ``backpressure`` applies.
+    backpressure
+        ``"spill"`` (default): beyond ``max_pending``, documents wait on local disk,
+        nothing is lost. ``"drop"``: events are dropped and counted.
     max_batch
         Largest batch of events handed to a plugin at once.
     max_failures
@@ -87,6 +106,7 @@ class SmartLab:
         raw: bool = True,
         isolation: str = "process",
         max_pending: int = 10_000,
+        backpressure: str = "spill",
         max_batch: int = 256,
         max_failures: int = 3,
         plugin_timeout: float = 30.0,
@@ -97,6 +117,8 @@ class SmartLab:
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
+        if backpressure not in BACKPRESSURE:
+            raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
         self.tiled_uri = tiled_uri or settings.tiled_uri()
         api_key = api_key or settings.api_key()
         connect(self.tiled_uri, api_key)
@@ -112,9 +134,16 @@ class SmartLab:
             plugin_timeout=plugin_timeout,
             max_growth_mb=max_growth_mb,
             lane_capacity=lane_capacity,
+            backpressure=backpressure,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
         )
+        self._spill_dir = Path(config.spool_dir)
+        self._backpressure = backpressure
+        self._spill: DiskQueue | None = None
+        self._spill_lock = threading.Lock()
+        self._spilling = False
+        self.spilled_total = 0
         self._host = ISOLATIONS[isolation](config)
         self._max_pending = max_pending
         self._linger = linger
@@ -140,14 +169,17 @@ class SmartLab:
         try:
             if self._closed:
                 return
-            if name in ESSENTIAL:
-                self._pending.append((name, doc))
-                self._note_essential(name, doc)
-            elif len(self._pending) >= self._max_pending:
-                self._drop(doc)
-                return
+            if self._spilling or (
+                len(self._pending) >= self._max_pending and name not in ESSENTIAL
+            ):
+                if self._backpressure == "drop":
+                    self._drop(doc)
+                    return
+                self._to_disk(name, doc)
             else:
                 self._pending.append((name, doc))
+            if name in ESSENTIAL:
+                self._note_essential(name, doc)
             self._accepted += 1
             if not self._wake.is_set():
                 self._wake.set()
@@ -173,6 +205,33 @@ class SmartLab:
         except (KeyError, TypeError):
             pass  # malformed: the worker will say what is wrong with it
 
+    def _to_disk(self, name: str, doc: Any) -> None:
+        """Queue a document on disk behind those in memory (order is kept: once one
+        document is on disk, all are, until the feeder has caught up)."""
+        with self._spill_lock:
+            if self._spill is None:
+                self._spill = DiskQueue(self._spill_dir)
+            if not self._spilling:
+                self._spilling = True
+                logger.warning(
+                    "SmartLab analysis is behind (%d documents waiting): further documents "
+                    "wait on local disk, none is dropped",
+                    len(self._pending),
+                )
+            self._spill.put((name, doc))
+            self.spilled_total += 1
+
+    def _from_disk(self) -> list[tuple[Any, Any]]:
+        """The oldest documents waiting on disk (call with memory drained)."""
+        with self._spill_lock:
+            if not self._spilling:
+                return []
+            docs = self._spill.take(self._max_pending)
+            if not len(self._spill):
+                self._spilling = False
+                logger.info("SmartLab analysis has caught up: no document waits on disk")
+            return docs
+
     def _drop(self, doc: Any) -> None:
         self.dropped_total += 1
         try:
@@ -185,17 +244,20 @@ class SmartLab:
 
     def _feed(self) -> None:
         while True:
-            self._wake.wait()
+            if not self._spilling:  # documents on disk: no need to wait for a new one
+                self._wake.wait()
             if self._linger and not self._closing:
                 time.sleep(self._linger)
             self._wake.clear()
             docs = [self._pending.popleft() for _ in range(len(self._pending))]
+            if not docs and self._spilling:
+                docs = self._from_disk()
             if docs:
                 self._ship(docs)
             with self._shipped_cond:
                 self._shipped += len(docs)
                 self._shipped_cond.notify_all()
-            if self._closing and not self._pending:
+            if self._closing and not self._pending and not self._spilling:
                 return
 
     def _ship(self, docs: list[tuple[Any, Any]]) -> None:
@@ -226,6 +288,11 @@ class SmartLab:
             self._host.ship(Shipment(sendable, shipment.dropped))
 
     # -- the user's side ----------------------------------------------------
+
+    @property
+    def in_memory(self) -> int:
+        """Documents waiting for the worker in memory now (at most ``max_pending`` events)."""
+        return len(self._pending)
 
     @property
     def enabled(self) -> list[str]:
@@ -290,6 +357,8 @@ class SmartLab:
             "accepted": self._accepted,
             "shipped": self._shipped,
             "dropped": self.dropped_total,
+            "spilled": self.spilled_total,
+            "on_disk": len(self._spill) if self._spill is not None else 0,
             "unsendable": self.unsendable,
             "worker_alive": self._host.alive,
             "worker_pid": getattr(self._host, "pid", None),  # None when the worker is a thread
@@ -315,6 +384,14 @@ class SmartLab:
         self._wake.set()
         self._feeder.join(timeout)
         self._closed = True
+        if self._spill is not None:
+            with self._spill_lock:
+                if len(self._spill):
+                    logger.error(
+                        "SmartLab closed with %d document(s) still waiting on disk: not analysed",
+                        len(self._spill),
+                    )
+                self._spill.close()
         atexit.unregister(self.close)
         return self._host.close(timeout)
 

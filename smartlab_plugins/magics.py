@@ -47,15 +47,18 @@ class SmartLabMagics(Magics):
 
     def _status(self, _: str) -> None:
         status = self.smartlab.status()
-        worker = status.get("worker", {})
+        worker = status.get("worker")
+        worker = worker if isinstance(worker, dict) else {}
         publisher = worker.get("publisher", {})
         print(
             f"worker {'running' if status['worker_alive'] else 'STOPPED'}; "
-            f"documents taken {status['accepted']}, waiting {status['pending']}, "
-            f"dropped {status['dropped']}; runs finished {status['runs_finished']}; "
+            f"documents taken {status['accepted']}, waiting {status['pending']} "
+            f"(+{status['on_disk']} on disk), dropped {status['dropped']}; "
+            f"runs finished {status['runs_finished']}; "
             f"open runs {len(worker.get('open_runs', []))}; publisher queue "
             f"{publisher.get('queued', '?')}, writes {publisher.get('written', '?')}, "
-            f"failed writes {publisher.get('failed', '?')}"
+            f"failed writes {publisher.get('failed', '?')}, "
+            f"rounds waiting for Tiled {publisher.get('backlog_rounds', '?')}"
         )
         print(format_rows(recent_analyses(self.client, 5)))
 

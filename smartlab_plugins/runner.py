@@ -56,6 +56,7 @@ class WorkerConfig:
     plugin_timeout: float = 30.0
     lane_capacity: int = 64
     max_growth_mb: float = 2048.0
+    backpressure: str = "spill"
     nice: int = 5
     log_level: int = logging.INFO
     mode: str = "live"
@@ -91,6 +92,7 @@ class Session:
             plugin_timeout=config.plugin_timeout,
             lane_capacity=config.lane_capacity,
             max_growth_mb=config.max_growth_mb,
+            backpressure=config.backpressure,
             mode=config.mode,
             annotations=config.annotations,
             on_normalized=self.raw.put if self.raw is not None else None,

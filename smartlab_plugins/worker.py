@@ -10,8 +10,12 @@ the other plugins and the scan carry on.
 Each plugin of a run has a lane of its own (:mod:`smartlab_plugins.lanes`),
 so a plugin that is slow, hangs or leaks never holds up the others:
 
-- too slow: batches that do not fit in its lane (``lane_capacity``) are
-  skipped and recorded (stage ``skipped``, with the events' seq_nums);
+- too slow: when its lane is full (``lane_capacity`` batches), the worker
+  waits for room for at most ``plugin_timeout`` (``backpressure="spill"``,
+  the default: the documents wait meanwhile, on disk if need be), then
+  disables the plugin for the run (stage ``timeout``); with
+  ``backpressure="drop"`` the batch is skipped for that plugin at once and
+  recorded (stage ``skipped``, with the events' seq_nums);
 - hung: a call that takes longer than ``plugin_timeout`` seconds disables
   the plugin for the rest of the run, recorded (stage ``timeout``) with the
   event it was on and where its thread is stuck; the next run starts it on a
@@ -104,6 +108,7 @@ class Worker:
         plugin_timeout: float = 30.0,
         lane_capacity: int = 64,
         max_growth_mb: float = 2048.0,
+        backpressure: str = "spill",
     ) -> None:
         self.plugins = plugins
         self.publisher = publisher
@@ -114,6 +119,7 @@ class Worker:
         self.plugin_timeout = plugin_timeout
         self.lane_capacity = lane_capacity
         self.max_growth_mb = max_growth_mb
+        self.backpressure = backpressure
         self.mode = mode
         self.annotations = dict(annotations or {})
         self._assembler = BatchAssembler(self, max_batch=max_batch, on_normalized=on_normalized)
@@ -253,9 +259,13 @@ class Worker:
         """Queue a batch on the plugin's lane, or record it as skipped if the lane is full."""
         first, last = int(batch.seq_num[0]), int(batch.seq_num[-1])
         what = f"events {first}-{last} of stream {batch.stream!r}"
+        wait = self.plugin_timeout if self.backpressure == "spill" else 0.0
         if analysis.lane.submit(
-            lambda: self._run_batch(run, analysis, batch), what, batch.stream, first
+            lambda: self._run_batch(run, analysis, batch), what, batch.stream, first, wait=wait
         ):
+            return
+        if wait:
+            self._timed_out(run, analysis, f"its lane stayed full for {wait:g} s, at {what}")
             return
         analysis.skipped += len(batch)
         self._record(
@@ -300,14 +310,15 @@ class Worker:
             if lane is not None and not lane.abandoned and lane.busy_for > self.plugin_timeout:
                 self._timed_out(run, analysis)
 
-    def _timed_out(self, run: _Run, analysis: _Analysis) -> None:
+    def _timed_out(self, run: _Run, analysis: _Analysis, what: str | None = None) -> None:
         lane = analysis.lane
         busy = lane.busy_for
-        what = (
-            f"busy with {lane.current} for {busy:.0f} s"
-            if busy > self.plugin_timeout
-            else f"{lane.waiting} call(s) still waiting at the end of the run"
-        )
+        if what is None:
+            what = (
+                f"busy with {lane.current} for {busy:.0f} s"
+                if busy > self.plugin_timeout
+                else f"{lane.waiting} call(s) still waiting at the end of the run"
+            )
         message = (
             f"no answer within plugin_timeout={self.plugin_timeout:g} s ({what}); "
             "skipped for the rest of the run"
