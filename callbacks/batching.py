@@ -16,6 +16,8 @@ consolidators then read the referenced files.
 from __future__ import annotations
 
 import logging
+import reprlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -30,6 +32,16 @@ from event_model import DocumentNames, DocumentRouter, schema_validators
 logger = logging.getLogger(__name__)
 
 DOCUMENT_NAMES = frozenset(n.name for n in DocumentNames)
+#: Document types event-model still names but no longer emits; nothing here reads them.
+DEPRECATED_NAMES = frozenset({"bulk_events", "bulk_datum"})
+#: Documents whose ``uid`` later documents refer to; a second one with the same uid is refused.
+PARENT_NAMES = ("descriptor", "resource", "stream_resource")
+#: The longest reason a problem carries: a hostile document must not make a huge message.
+MAX_REASON = 500
+INT64 = (-(2**63), 2**63 - 1)
+#: Runs open at once before the oldest is closed: a start whose stop never comes must not
+#: hold its run's state for the rest of the session (a RunEngine has one or two open).
+MAX_OPEN_RUNS = 64
 #: Keys the run router needs in each document to know where it belongs.
 ROUTING_KEYS: Mapping[str, tuple[str, ...]] = {
     "start": ("uid",),
@@ -102,11 +114,18 @@ class BatchAssembler:
         sink: BatchSink,
         max_batch: int = 256,
         on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
+        max_open_runs: int = MAX_OPEN_RUNS,
     ) -> None:
-        """``on_normalized``, if given, also gets every normalized document (e.g. a TiledWriter)."""
+        """``on_normalized``, if given, also gets every normalized document (e.g. a TiledWriter).
+
+        When a start document would open more than ``max_open_runs`` runs, the
+        oldest open run is reported and closed as aborted, so memory stays
+        bounded however many stop documents are lost.
+        """
         self._sink = sink
         self._on_normalized = on_normalized
         self._max_batch = max_batch
+        self._max_open_runs = max_open_runs
         self._runs: dict[str, _RunAssembler] = {}
         self._normalizers: dict[str, RunNormalizer] = {}
         self._owner: dict[str, str] = {}  # descriptor/resource uid -> run uid
@@ -117,18 +136,16 @@ class BatchAssembler:
             self._route(name, doc)
         except _Rejected as rejected:
             self._sink.reject(rejected.problem)
-        except jsonschema.ValidationError as exc:
-            self._sink.reject(self._problem(name, doc, f"invalid document: {_schema_message(exc)}"))
-        except _InvalidEvent as exc:
-            self._sink.reject(self._problem(name, doc, f"invalid document: {exc}"))
         except Exception as exc:  # anything else a malformed document can provoke
-            reason = f"{type(exc).__name__}: {exc}"
-            self._sink.reject(self._problem(name, doc, reason))
+            self._sink.reject(self._problem(name, doc, _reason(exc)))
 
     def flush(self) -> None:
-        """Hand every complete pending event to the sink as batches."""
-        for run in list(self._runs.values()):
-            run.flush()
+        """Hand every complete pending event to the sink as batches; never raises."""
+        for run_uid, run in list(self._runs.items()):
+            try:
+                run.flush()
+            except Exception as exc:  # the run's own flush reports its rows; this is a backstop
+                self._sink.reject(DocumentProblem("event", _reason(exc), run_uid))
 
     @property
     def open_runs(self) -> list[str]:
@@ -136,30 +153,55 @@ class BatchAssembler:
 
     def _route(self, name: Any, doc: Any) -> None:
         if not isinstance(name, str) or name not in DOCUMENT_NAMES:
-            raise _Rejected(DocumentProblem(str(name)[:40], "unknown document name"))
+            label = name[:40] if isinstance(name, str) else _short(name, 40)
+            raise _Rejected(DocumentProblem(label, "unknown document name"))
+        if name in DEPRECATED_NAMES:
+            raise _Rejected(DocumentProblem(name, "deprecated document type, not supported"))
         if not isinstance(doc, Mapping):
             raise _Rejected(DocumentProblem(name, f"expected a dict, got {type(doc).__name__}"))
-        missing = [key for key in ROUTING_KEYS.get(name, ()) if key not in doc]
+        odd = [key for key in doc if not isinstance(key, str)]
+        if odd:
+            raise _Rejected(DocumentProblem(name, f"keys must be strings, got {_short(odd)}"))
+        routing = ROUTING_KEYS.get(name, ())
+        missing = [key for key in routing if key not in doc]
         if missing:
             raise _Rejected(DocumentProblem(name, f"missing required key(s) {missing}"))
+        for key in routing:
+            if not isinstance(doc[key], str):
+                kind = type(doc[key]).__name__
+                raise _Rejected(DocumentProblem(name, f"{key!r} must be a string, got {kind}"))
         if name == "event":
             _check_event(doc)
         else:
             schema_validators[DocumentNames[name]].validate(doc)
+        if name == "event_page":
+            _check_page(doc)
         if name == "start":
             self._open(doc)
             return
         run_uid = self._run_of(name, doc)
-        if name in ("descriptor", "resource", "stream_resource"):
-            self._owner[doc["uid"]] = run_uid
-        self._normalizers[run_uid](name, doc)
+        if name in PARENT_NAMES and doc["uid"] in self._owner:
+            raise _Rejected(
+                DocumentProblem(
+                    name,
+                    f"a {name} with uid {_short(doc['uid'])} was already received "
+                    f"(run {self._owner[doc['uid']][:8]})",
+                    run_uid,
+                )
+            )
         if name == "stop":
-            self._forget(run_uid)
+            self._stop(run_uid, doc)
+            return
+        self._normalizers[run_uid](name, doc)
+        if name in PARENT_NAMES:  # only once the run has taken it
+            self._owner[doc["uid"]] = run_uid
 
     def _open(self, start: Mapping[str, Any]) -> None:
         uid = start["uid"]
         if uid in self._runs:
             raise _Rejected(DocumentProblem("start", "a run with this uid is already open", uid))
+        while len(self._runs) >= self._max_open_runs:
+            self._evict(next(iter(self._runs)), uid)
         run = _RunAssembler(uid, self._sink, self._max_batch)
         normalizer = _Normalizer()
         if self._on_normalized is not None:  # first, so it gets documents the run refuses too
@@ -173,6 +215,40 @@ class BatchAssembler:
             self._forget(uid)
             raise
 
+    def _stop(self, run_uid: str, stop: Mapping[str, Any]) -> None:
+        """Close the run, even when its stop document cannot be normalized."""
+        run = self._runs[run_uid]
+        try:
+            self._normalizers[run_uid]("stop", stop)
+        except Exception as exc:  # e.g. an event's datum never came
+            reason = f"{_reason(exc)}; the run is closed without it"
+            self._sink.reject(DocumentProblem("stop", _clip(reason), run_uid))
+        finally:
+            try:
+                if not run.stopped:
+                    run.stop(stop)
+            finally:
+                self._forget(run_uid)
+
+    def _evict(self, run_uid: str, newcomer: str) -> None:
+        """Close the oldest open run to make room; its stop document never came."""
+        reason = (
+            f"more than {self._max_open_runs} runs open at once: run {run_uid[:8]} is closed "
+            f"as aborted to make room for run {newcomer[:8]} (its stop document never came)"
+        )
+        self._sink.reject(DocumentProblem("stop", reason, run_uid))
+        stop = {
+            "uid": f"{run_uid}-evicted",
+            "run_start": run_uid,
+            "time": time.time(),
+            "exit_status": "abort",
+            "reason": reason,
+        }
+        try:
+            self._runs[run_uid].stop(stop)
+        finally:
+            self._forget(run_uid)
+
     def _forget(self, run_uid: str) -> None:
         self._runs.pop(run_uid, None)
         self._normalizers.pop(run_uid, None)
@@ -183,26 +259,35 @@ class BatchAssembler:
         if name in ("stop", "descriptor", "resource", "stream_resource"):
             run_uid = doc.get("run_start")
             if run_uid not in self._runs:
-                raise _Rejected(DocumentProblem(name, f"no open run with uid {run_uid!r}"))
+                raise _Rejected(DocumentProblem(name, f"no open run with uid {_short(run_uid)}"))
             return run_uid
         parent_key = "resource" if name in ("datum", "datum_page") else "descriptor"
         parent = doc[parent_key]
         run_uid = self._owner.get(parent)
         if run_uid is None:
-            raise _Rejected(DocumentProblem(name, f"refers to unknown {parent_key} {parent!r}"))
+            raise _Rejected(
+                DocumentProblem(name, f"refers to unknown {parent_key} {_short(parent)}")
+            )
         return run_uid
 
     def _problem(self, name: Any, doc: Any, reason: str) -> DocumentProblem:
+        """A problem with ``doc``, placed in its run and stream where those are known.
+
+        Only string uids are looked up, so an unhashable or odd value in the
+        document cannot make reporting the problem fail too.
+        """
         run_uid = stream = seq_num = None
         if isinstance(doc, Mapping):
-            owner = doc.get("descriptor") or doc.get("resource")
-            run_uid = doc.get("run_start") or self._owner.get(owner) or None
-            if isinstance(doc.get("seq_num"), int):
-                seq_num = doc["seq_num"]
-            run = self._runs.get(run_uid) if isinstance(run_uid, str) else None
+            owner = _text(doc.get("descriptor")) or _text(doc.get("resource"))
+            run_uid = _text(doc.get("run_start")) or self._owner.get(owner)
+            seq = doc.get("seq_num")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                seq_num = seq
+            run = self._runs.get(run_uid) if run_uid is not None else None
             if run is not None and owner in run.streams:
                 stream = run.streams[owner]
-        return DocumentProblem(str(name), reason, run_uid, stream, seq_num)
+        label = name[:40] if isinstance(name, str) else _short(name, 40)
+        return DocumentProblem(label, _clip(reason), run_uid, stream, seq_num)
 
 
 class _Normalizer(RunNormalizer):
@@ -243,6 +328,19 @@ def _check_event(doc: Mapping[str, Any]) -> None:
         value = doc[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise _InvalidEvent(f"'{key}' must be {described}, got {type(value).__name__}")
+    filled = doc.get("filled", {})
+    if not isinstance(filled, Mapping):
+        raise _InvalidEvent(f"'filled' must be an object, got {type(filled).__name__}")
+
+
+def _check_page(doc: Mapping[str, Any]) -> None:
+    """Raise _InvalidEvent unless every column of the (valid) event page has one entry per event."""
+    lengths = {"seq_num": len(doc["seq_num"]), "uid": len(doc["uid"]), "time": len(doc["time"])}
+    for part in ("data", "timestamps"):
+        lengths.update({f"{part}[{k!r}]": len(v) for k, v in doc[part].items()})
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise _InvalidEvent(f"the page's columns differ in length: {detail}")
 
 
 class _Rejected(Exception):
@@ -281,6 +379,7 @@ class _RunAssembler(DocumentRouter):
         self._consolidators: dict[str, ConsolidatorBase] = {}
         self._available: dict[tuple[str, str], set[int]] = {}
         self._locations: dict[tuple[str, str], str] = {}  # (descriptor, field) -> resource
+        self.stopped = False
 
     def start(self, doc):
         self._sink.open_run(doc)
@@ -300,7 +399,7 @@ class _RunAssembler(DocumentRouter):
         stream = self._descriptors[doc["descriptor"]]
         for i, seq_num in enumerate(doc["seq_num"]):
             data = {key: values[i] for key, values in doc["data"].items()}
-            problem = self._check_row(stream, data, seq_num)
+            problem = self._check_row(stream, data, seq_num, doc["time"][i])
             if problem:
                 self._sink.reject(problem)
                 continue
@@ -333,6 +432,7 @@ class _RunAssembler(DocumentRouter):
         self._locations[key] = sres_uid
 
     def stop(self, doc):
+        self.stopped = True
         self.flush()
         for stream in self._descriptors.values():
             for row in stream.pending:
@@ -354,19 +454,25 @@ class _RunAssembler(DocumentRouter):
             self._flush_stream(desc_uid, stream)
 
     def _check_row(
-        self, stream: _Stream, data: dict[str, Any], seq_num: int
+        self, stream: _Stream, data: dict[str, Any], seq_num: int, time: Any
     ) -> DocumentProblem | None:
+        def problem(reason: str) -> DocumentProblem:
+            return DocumentProblem("event", _clip(reason), self.run_uid, stream.name, seq_num)
+
+        if not INT64[0] <= seq_num <= INT64[1]:
+            return problem(f"seq_num {_short(seq_num)} does not fit in 64 bits")
+        try:
+            float(time)
+        except (OverflowError, TypeError, ValueError):
+            return problem(f"time {_short(time)} is too large for a float")
         missing = [k for k in stream.internal if k not in data]
         if missing:
-            return DocumentProblem(
-                "event",
-                f"field(s) {missing} of the descriptor are missing",
-                self.run_uid,
-                stream.name,
-                seq_num,
-            )
+            return problem(f"field(s) {missing} of the descriptor are missing")
         for key, shape in stream.internal.items():
-            value = np.asarray(data[key])
+            try:
+                value = np.asarray(data[key])
+            except (ValueError, TypeError, OverflowError) as exc:
+                return problem(f"field {key!r} is not a regular array: {_reason(exc)}")
             if shape is not None and not _shape_matches(value.shape, shape):
                 return DocumentProblem(
                     "event",
@@ -391,11 +497,28 @@ class _RunAssembler(DocumentRouter):
         if not ready:
             return
         rows, stream.pending = stream.pending[:ready], stream.pending[ready:]
-        for key in stream.external:
-            self._fill(desc_uid, stream, key, rows)
+        try:
+            for key in stream.external:
+                self._fill(desc_uid, stream, key, rows)
+        except Exception as exc:  # e.g. a detector file that is missing or short
+            self._lost(stream, rows, f"external data could not be read: {_reason(exc)}")
+            return
         for start in range(0, len(rows), self._max_batch):
             chunk = rows[start : start + self._max_batch]
-            self._sink.add_batch(self.run_uid, _stack(stream.name, chunk))
+            try:
+                batch = _stack(stream.name, chunk)
+            except Exception as exc:
+                self._lost(stream, chunk, f"could not be stacked: {_reason(exc)}")
+                continue
+            self._sink.add_batch(self.run_uid, batch)
+
+    def _lost(self, stream: _Stream, rows: list[_Row], reason: str) -> None:
+        """Report rows that were taken but cannot be handed on (one problem for them all)."""
+        first, last = rows[0].seq_num, rows[-1].seq_num
+        span = f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
+        self._sink.reject(
+            DocumentProblem("event", _clip(f"{span} {reason}"), self.run_uid, stream.name, first)
+        )
 
     def _fill(self, desc_uid: str, stream: _Stream, key: str, rows: list[_Row]) -> None:
         consolidator = self._consolidators[self._locations[(desc_uid, key)]]
@@ -446,3 +569,35 @@ def _stack(stream: str, rows: list[_Row]) -> RawBatch:
 def _schema_message(exc: jsonschema.ValidationError) -> str:
     path = "/".join(str(p) for p in exc.absolute_path)
     return f"{exc.message} (at {path})" if path else exc.message
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a document was refused, from the exception it provoked, in a bounded length."""
+    if isinstance(exc, jsonschema.ValidationError):
+        return _clip(f"invalid document: {_schema_message(exc)}")
+    if isinstance(exc, _InvalidEvent):
+        return _clip(f"invalid document: {exc}")
+    if isinstance(exc, KeyError):
+        return _clip(f"required key {_short(exc.args[0] if exc.args else None)} is missing")
+    return _clip(f"{type(exc).__name__}: {exc}")
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, abbreviated: documents may hold anything, of any size."""
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a repr that fails is the document's fault, not ours
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip(text: str, limit: int = MAX_REASON) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -169,16 +169,15 @@ class SmartLab:
         try:
             if self._closed:
                 return
-            if self._spilling or (
-                len(self._pending) >= self._max_pending and name not in ESSENTIAL
-            ):
+            essential = isinstance(name, str) and name in ESSENTIAL
+            if self._spilling or (len(self._pending) >= self._max_pending and not essential):
                 if self._backpressure == "drop":
                     self._drop(doc)
                     return
                 self._to_disk(name, doc)
             else:
                 self._pending.append((name, doc))
-            if name in ESSENTIAL:
+            if essential:
                 self._note_essential(name, doc)
             self._accepted += 1
             if not self._wake.is_set():
@@ -202,8 +201,8 @@ class SmartLab:
                         str(run)[:8],
                         self._max_pending,
                     )
-        except (KeyError, TypeError):
-            pass  # malformed: the worker will say what is wrong with it
+        except Exception:  # malformed: the worker will say what is wrong with it
+            pass
 
     def _to_disk(self, name: str, doc: Any) -> None:
         """Queue a document on disk behind those in memory (order is kept: once one
@@ -236,7 +235,7 @@ class SmartLab:
         self.dropped_total += 1
         try:
             run = self._run_of.get(doc.get("descriptor") or doc.get("resource"))
-        except (AttributeError, TypeError):
+        except Exception:  # malformed: counted against no run
             run = None
         self._dropped[run] = self._dropped.get(run, 0) + 1
 

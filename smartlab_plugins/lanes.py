@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def format_frames(frames: traceback.StackSummary) -> str:
+    """Frames as one line, ``file:line in function`` each, innermost last."""
+    return " | ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
+
+
 class _MemoryLedger:
     """Measures what each plugin call leaves in the process' memory, where that is exact.
 
@@ -150,8 +155,7 @@ class Lane:
         frame = sys._current_frames().get(self._thread.ident)
         if frame is None:
             return ""
-        frames = traceback.extract_stack(frame)[-limit:]
-        return " | ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
+        return format_frames(traceback.extract_stack(frame)[-limit:])
 
     def abandon(self) -> None:
         """Give up on this lane: queued calls are dropped, the thread ends when it can."""

@@ -565,12 +565,24 @@ class RawRunWriter:
     scan; here it runs beside the analysis, off the RunEngine's process by
     default. It receives documents already normalized by the batch
     assembler's ``RunNormalizer`` (so they are normalized and validated once,
-    not twice). Failures are logged, rate-limited, and never stop the analysis.
+    not twice). While Tiled is unreachable the document is retried with
+    backoff and the next ones wait in memory (up to ``max_pending``); a 5xx
+    answer is retried three times. Other failures are logged, rate-limited,
+    and never stop the analysis.
     """
 
-    def __init__(self, client_factory: Callable[[], Any], max_pending: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        max_pending: int = 1_000_000,
+        retry_initial: float = 0.5,
+        retry_max: float = 10.0,
+    ) -> None:
         self._client_factory = client_factory
         self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._giving_up = threading.Event()
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="smartlab-raw-writer", daemon=True)
         self._thread.start()
@@ -589,6 +601,8 @@ class RawRunWriter:
 
     def close(self, timeout: float | None = 60.0) -> bool:
         flushed = self.flush(timeout)
+        if not flushed:
+            self._giving_up.set()  # Tiled still away: stop retrying
         self._docs.put(("__exit__", None))
         self._thread.join(timeout=5)
         return flushed
@@ -604,12 +618,29 @@ class RawRunWriter:
                 continue
             if name == "__exit__":
                 return
-            try:
-                if writer is None:
-                    writer = TiledWriter(self._client_factory(), normalizer=None)
-                writer(name, doc)
-            except Exception as exc:
-                self._failed(name, exc)
+            delay, attempts = self._retry_initial, 0
+            while True:
+                try:
+                    if writer is None:
+                        writer = TiledWriter(self._client_factory(), normalizer=None)
+                    writer(name, doc)
+                except Exception as exc:
+                    attempts += 1
+                    server_error = isinstance(exc, httpx.HTTPStatusError)
+                    retry = is_transient(exc) and not (server_error and attempts > 3)
+                    if retry and not self._giving_up.is_set():
+                        if attempts == 1:
+                            logger.error(
+                                "cannot write the raw run to Tiled (%s: %s); retrying with "
+                                "backoff, its documents wait meanwhile",
+                                type(exc).__name__,
+                                exc,
+                            )
+                        self._giving_up.wait(delay)
+                        delay = min(delay * 2, self._retry_max)
+                        continue
+                    self._failed(name, exc)
+                break
 
     def _failed(self, name: str, exc: Exception) -> None:
         self.failures += 1

@@ -30,6 +30,7 @@ so a plugin that is slow, hangs or leaks never holds up the others:
 from __future__ import annotations
 
 import logging
+import reprlib
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -40,7 +41,7 @@ import numpy as np
 
 from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
-from smartlab_plugins.lanes import Lane
+from smartlab_plugins.lanes import Lane, format_frames
 from smartlab_plugins.manager import PluginManager, UnknownPluginError
 from smartlab_plugins.publish import ErrorRecord, Publisher
 
@@ -460,14 +461,16 @@ class Worker:
                 request,
             )
             return names
-        chosen, unknown = [], []
-        for name in request.get("plugins", names):
-            (chosen if name in self.plugins.names() else unknown).append(name)
-        for name in unknown:
-            logger.error(
-                "run %s: %s", start["uid"][:8], UnknownPluginError(name, self.plugins.names())
-            )
-        disabled = set(request.get("disable", ()))
+        wanted = _names(start, "plugins", request.get("plugins", names))
+        disabled = set(_names(start, "disable", request.get("disable", ())))
+        chosen = []
+        for name in wanted:
+            if name in self.plugins.names():
+                chosen.append(name)
+            else:
+                logger.error(
+                    "run %s: %s", start["uid"][:8], UnknownPluginError(name, self.plugins.names())
+                )
         return [name for name in chosen if name not in disabled]
 
     def _checked_batch(
@@ -657,6 +660,23 @@ def live_message(
     return message
 
 
+def _names(start: Mapping[str, Any], key: str, value: Any) -> list[str]:
+    """``start['smartlab'][key]`` as a list of plugin names (one name may stand alone);
+    anything else is logged and read as no names."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    logger.error(
+        "run %s: ignoring start['%s'][%r]=%s: expected a list of plugin names",
+        str(start.get("uid", "?"))[:8],
+        START_KEY,
+        key,
+        reprlib.repr(value),
+    )
+    return []
+
+
 def _plugin_options(start: Mapping[str, Any], plugin: str) -> Mapping[str, Any]:
     request = start.get(START_KEY)
     options = request.get("options", {}) if isinstance(request, Mapping) else {}
@@ -713,8 +733,7 @@ def check_results(results: Results, n: int) -> None:
 
 
 def _traceback_summary(exc: BaseException, limit: int = 3) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)[-limit:]
-    return " | ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
+    return format_frames(traceback.extract_tb(exc.__traceback__)[-limit:])
 
 
 def _log_run_summary(summary: Mapping[str, Any]) -> None:

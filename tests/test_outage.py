@@ -54,9 +54,9 @@ def assert_every_event_once(client, run_uid: str, events: int) -> None:
 
 def test_a_30_s_tiled_outage_mid_scan_loses_no_results(RE, own_server: EmbeddedServer, caplog):
     """Tiled stopped for 30 s while a scan runs: the scan finishes on time, every result
-    is written after the restart, once, in order."""
+    is written after the restart, once, in order, and so is the raw run."""
     beam = make_devices(seed=11)
-    smartlab = SmartLab(own_server.uri, API_KEY, plugins=["peak_stats"], raw=False)
+    smartlab = SmartLab(own_server.uri, API_KEY, plugins=["peak_stats"])
     events, delay = 90, 0.5  # a 45 s scan; Tiled is away from about 5 s to 35 s
     analysed = []
     outage: dict[str, float] = {}
@@ -87,8 +87,12 @@ def test_a_30_s_tiled_outage_mid_scan_loses_no_results(RE, own_server: EmbeddedS
     assert len(analysed) == events
     assert scan_s < events * delay * 1.5, f"the scan took {scan_s:.0f} s"
     assert outage["restarted"] - outage["stopped"] >= OUTAGE_S
-    assert_every_event_once(own_server.client(), uid, events)
+    client = own_server.client()
+    assert_every_event_once(client, uid, events)
     assert stats["failed"] == 0 and stats["backlog_rounds"] == 0
+    raw = client[uid]
+    assert raw.metadata["stop"]["num_events"]["primary"] == events
+    assert len(raw["primary"].read()["time"]) == events
     assert "cannot write to Tiled" in caplog.text
     assert "reachable again" in caplog.text
 

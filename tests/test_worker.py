@@ -144,3 +144,30 @@ def test_plugin_state_is_per_run(RE, make_smartlab, client):
     smartlab.flush()
     assert analysis_of(client, first[0], "run_counter").metadata["summary"] == {"events": 5}
     assert analysis_of(client, second[0], "run_counter").metadata["summary"] == {"events": 7}
+
+
+@pytest.mark.parametrize(
+    "request_", [{"plugins": 5}, {"disable": [[1]]}, {"plugins": [None]}], ids=repr
+)
+def test_a_malformed_plugin_request_is_logged_and_the_run_still_analysed(
+    RE, make_smartlab, client, beam, request_, caplog
+):
+    """A start document's ``smartlab`` request of the wrong type is logged and ignored
+    (no plugins named, nothing disabled); the run is not rejected."""
+    smartlab = make_smartlab(plugins=["peak_stats"])
+    RE.subscribe(smartlab)
+    with caplog.at_level(logging.ERROR, logger="smartlab_plugins"):
+        (uid,) = RE(bp.count([beam["beam"]], num=2), smartlab={**request_})
+    smartlab.flush()
+    assert "expected a list of plugin names" in caplog.text
+    assert "rejected" not in caplog.text
+    named = "plugins" in request_
+    assert bool(find_analyses(client, run_uid=uid, plugin="peak_stats")) is not named
+
+
+def test_one_plugin_name_alone_is_read_as_a_list(RE, make_smartlab, client, beam):
+    smartlab = make_smartlab(plugins=["peak_stats"])
+    RE.subscribe(smartlab)
+    (uid,) = RE(bp.count([beam["beam"]], num=2), smartlab={"plugins": "peak_stats"})
+    smartlab.flush()
+    assert find_analyses(client, run_uid=uid, plugin="peak_stats")
