@@ -24,14 +24,17 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
-## make bench: RunEngine slowdown, simulators, throughput, latency -> docs/benchmarks.md
+## make bench: RunEngine slowdown, simulators, throughput, latency, scaling, memory, then the
+## summary table -> docs/benchmarks.md (under 10 minutes on 2 CPU cores)
 bench: $(STAMP)
+	@mkdir -p benchmarks/results && rm -f benchmarks/results/*.json && date +%s > benchmarks/results/started
 	$(BIN)/python benchmarks/re_overhead.py
 	$(BIN)/python benchmarks/generators.py
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput.py --repeats 5
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/scaling.py
-	$(BIN)/python benchmarks/memory.py --events 20000
+	$(BIN)/python benchmarks/memory.py --events 3000
+	$(BIN)/python benchmarks/summary.py
 
 ## make bench-memory: the memory benchmark over 100,000 events (about 9 minutes on 2 cores)
 bench-memory: $(STAMP)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section
+from report import figure, machine, record, write_section
 
 POLL_SECONDS = 0.01
 
@@ -187,6 +187,22 @@ def write_report(rows: list[tuple[str, dict]], events: int) -> None:
         f"Machine: {machine()}.",
     ]
     print(f"wrote {write_section('latency', lines)}")
+    peak = next(row for _, row in rows if row["plugin"] == "peak_stats")
+    record(
+        "latency",
+        [
+            figure(
+                f"Latency to a reader, phase_cnn, {events:,} events",
+                f"p50 {cnn['p50']:.0f} ms, p99 {cnn['p99']:.0f} ms; {cnn['dropped']} dropped",
+                "p50 at most 50 ms, p99 at most 250 ms",
+                met,
+            ),
+            figure(
+                f"Latency to a reader, peak_stats, {events:,} events",
+                f"p50 {peak['p50']:.0f} ms, p99 {peak['p99']:.0f} ms; {peak['dropped']} dropped",
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -144,7 +144,10 @@ class Publisher:
     ``min_interval`` (s) is the shortest time between two rounds of writes:
     what arrives sooner waits and is merged, so at most about ``1 /
     min_interval`` parts per second are written per stream and array,
-    whatever the event rate. Flushing and closing never wait for it.
+    whatever the event rate; and while earlier rounds are still being
+    written, what arrives is merged too (for up to ``max_hold`` seconds), so
+    a slow Tiled gets fewer, larger parts rather than a growing backlog.
+    Flushing and closing never wait for either.
 
     With a ``journal_dir``, every round is stored on local disk before it is
     sent and removed once Tiled has it (:mod:`smartlab_plugins.spool`). When
@@ -166,9 +169,13 @@ class Publisher:
         retry_initial: float = 0.5,
         retry_max: float = 10.0,
         server_error_attempts: int = 5,
+        max_hold: float = 1.0,
+        max_hold_ops: int = 10_000,
     ) -> None:
         self._client_factory = client_factory
         self._min_interval = min_interval
+        self._max_hold = max_hold
+        self._max_hold_ops = max_hold_ops
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._server_error_attempts = server_error_attempts
@@ -266,6 +273,7 @@ class Publisher:
         while True:
             ops = [self._ops.get()]
             self._gather(ops, until=self._last_round + self._min_interval)
+            self._hold_while_writing(ops)
             self._last_round = time.monotonic()
             exiting = self._admit(ops)
             self._admitted += len(ops)
@@ -289,6 +297,21 @@ class Publisher:
             if exiting:
                 self._leave()
                 return
+
+    def _hold_while_writing(self, ops: list[tuple]) -> None:
+        """While earlier rounds are still being written, keep merging what arrives.
+
+        So the size of a round follows how fast Tiled takes them, and the
+        number of parts does not grow with the event rate when Tiled is slow.
+        Held for at most ``max_hold`` seconds (then journaled anyway: during an
+        outage nothing waits long in memory) or ``max_hold_ops`` operations.
+        """
+        hold_until = time.monotonic() + self._max_hold
+        while self._backlog and len(ops) < self._max_hold_ops:
+            now = time.monotonic()
+            if now >= hold_until or any(op[0] in ("barrier", "exit") for op in ops):
+                return
+            self._gather(ops, until=min(hold_until, now + 0.01))
 
     def _gather(self, ops: list[tuple], until: float) -> None:
         """Add to ``ops`` what is queued, and what arrives before ``until`` (monotonic s).
