@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-memory lint docs install clean
+.PHONY: demo demo-adaptive test bench bench-memory lint docs install redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/smartlab demo
 
+## make demo-adaptive: the adaptive experiments, in-loop and through the queueserver
+demo-adaptive: $(STAMP) redis
+	$(BIN)/smartlab demo adaptive
+
+## make redis: Debian's redis-server, which the queueserver's RE Manager needs (skipped when
+## redis-server is on PATH; apt-get as root, else through sudo). If it cannot be installed, the
+## queueserver tests and demo say so and why; the rest of the suite does not need it.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	  echo "installing redis-server (Debian package) for the queueserver ..."; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server \
+	    >/dev/null || echo "make redis: could not install redis-server; the queueserver tests will fail with the reason"; }
+
 ## make test: the test suite (pytest exits 5 when it collects nothing: that alone is no failure)
-test: $(STAMP)
+test: $(STAMP) redis
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
