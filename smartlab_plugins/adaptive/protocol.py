@@ -80,7 +80,9 @@ class PlanContext:
 
     ``axes`` maps each scanned axis to its (low, high) limits; a suggestion
     outside them is clamped or rejected by the plan, with the reason recorded.
-    ``state`` is private to the planner for this plan.
+    ``state`` is private to the planner for this plan. ``options`` are the plan's
+    settings a planner may read (e.g. ``{"resolution": 0.5}``, ``{"target": {"j1": 0.005}}``),
+    the same for every planner of the plan.
     """
 
     uid: str
@@ -88,6 +90,7 @@ class PlanContext:
     budget: int
     measured: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @hookspec
