@@ -118,7 +118,6 @@ class _Round:
     path: Path | None = None
     done: int = 0
     barriers: list[threading.Event] = field(default_factory=list)
-    attempts: int = 0
 
     def load(self) -> list[Write]:
         if self.writes is None:
@@ -136,6 +135,40 @@ def is_transient(exc: BaseException) -> bool:
 
 def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
+
+
+@dataclass
+class Backoff:
+    """When to try a failed request to Tiled again: exponential backoff, capped.
+
+    A transient failure (Tiled away, restarting, overloaded) is retried after
+    ``initial`` seconds, doubling up to ``maximum``, for as long as it lasts;
+    a 5xx answer at most ``server_error_attempts`` times, since a server that
+    answers but fails may fail for good. Anything else is not retried.
+    """
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    server_error_attempts: int = 5
+    attempts: int = 0
+    delay: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delay = self.initial
+
+    def next_delay(self, exc: BaseException) -> float | None:
+        """Seconds to wait before retrying after ``exc``, or None to give the request up."""
+        self.attempts += 1
+        server_error = isinstance(exc, httpx.HTTPStatusError)
+        if not is_transient(exc) or (server_error and self.attempts > self.server_error_attempts):
+            self.succeeded()  # given up: the next request starts afresh
+            return None
+        delay, self.delay = self.delay, min(self.delay * 2, self.maximum)
+        return delay
+
+    def succeeded(self) -> None:
+        """A request went through: the next failure starts from ``initial`` again."""
+        self.attempts, self.delay = 0, self.initial
 
 
 class Publisher:
@@ -176,9 +209,7 @@ class Publisher:
         self._min_interval = min_interval
         self._max_hold = max_hold
         self._max_hold_ops = max_hold_ops
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
-        self._server_error_attempts = server_error_attempts
+        self._backoff = Backoff(retry_initial, retry_max, server_error_attempts)
         self._last_round = 0.0
         self._ops: queue.Queue = queue.Queue(maxsize=max_pending)
         self._journal = spool.Journal(journal_dir, tiled_uri) if journal_dir else None
@@ -186,7 +217,6 @@ class Publisher:
         if self._journal is not None:
             self._backlog.extend(_Round(None, path) for path in self._journal.adopt_orphans())
         self._retry_at = 0.0
-        self._retry_delay = retry_initial
         self._outage_since: float | None = None
         self._handles: dict[tuple[str, ...], Any] = {}
         self._planned: set[tuple[str, ...]] = set()
@@ -381,11 +411,11 @@ class Publisher:
                 try:
                     self._apply(writes[head.done])
                 except Exception as exc:
-                    if self._retry_later(head, writes[head.done], exc):
+                    if self._retry_later(writes[head.done], exc):
                         return
                 else:
                     self._written += 1
-                    head.attempts = 0
+                    self._backoff.succeeded()
                 head.done += 1
             if head.path is not None:
                 self._journal.remove(head.path)
@@ -400,13 +430,11 @@ class Publisher:
                     time.monotonic() - self._outage_since,
                 )
                 self._outage_since = None
-            self._retry_delay = self._retry_initial
 
-    def _retry_later(self, head: _Round, write: Write, exc: Exception) -> bool:
+    def _retry_later(self, write: Write, exc: Exception) -> bool:
         """Decide after a failed write: True to retry it later, False to skip it."""
-        head.attempts += 1
-        server_error = isinstance(exc, httpx.HTTPStatusError)
-        if is_transient(exc) and not (server_error and head.attempts > self._server_error_attempts):
+        delay = self._backoff.next_delay(exc)
+        if delay is not None:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 logger.error(
@@ -415,12 +443,11 @@ class Publisher:
                     type(exc).__name__,
                     exc,
                 )
-            self._retry_at = time.monotonic() + self._retry_delay
-            self._retry_delay = min(self._retry_delay * 2, self._retry_max)
-            self._root = None if not server_error else self._root
+            self._retry_at = time.monotonic() + delay
+            if not isinstance(exc, httpx.HTTPStatusError):
+                self._root = None  # connect afresh: the server may have restarted
             return True
         self._failed += 1
-        head.attempts = 0
         logger.error(
             "could not write %s %s to Tiled, skipped: %s: %s",
             write.kind,
@@ -603,8 +630,7 @@ class RawRunWriter:
     ) -> None:
         self._client_factory = client_factory
         self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._backoff = Backoff(retry_initial, retry_max, server_error_attempts=3)
         self._giving_up = threading.Event()
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="smartlab-raw-writer", daemon=True)
@@ -641,18 +667,15 @@ class RawRunWriter:
                 continue
             if name == "__exit__":
                 return
-            delay, attempts = self._retry_initial, 0
             while True:
                 try:
                     if writer is None:
                         writer = TiledWriter(self._client_factory(), normalizer=None)
                     writer(name, doc)
                 except Exception as exc:
-                    attempts += 1
-                    server_error = isinstance(exc, httpx.HTTPStatusError)
-                    retry = is_transient(exc) and not (server_error and attempts > 3)
-                    if retry and not self._giving_up.is_set():
-                        if attempts == 1:
+                    delay = self._backoff.next_delay(exc)
+                    if delay is not None and not self._giving_up.is_set():
+                        if self._backoff.attempts == 1:
                             logger.error(
                                 "cannot write the raw run to Tiled (%s: %s); retrying with "
                                 "backoff, its documents wait meanwhile",
@@ -660,9 +683,10 @@ class RawRunWriter:
                                 exc,
                             )
                         self._giving_up.wait(delay)
-                        delay = min(delay * 2, self._retry_max)
                         continue
                     self._failed(name, exc)
+                else:
+                    self._backoff.succeeded()
                 break
 
     def _failed(self, name: str, exc: Exception) -> None:

@@ -326,20 +326,15 @@ class Worker:
         )
         logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
         analysis.disabled = analysis.timed_out = True
-        analysis.errors += 1
-        self.publisher.record_errors(
-            analysis.key,
-            [
-                ErrorRecord(
-                    plugin=analysis.plugin,
-                    stage="timeout",
-                    stream=lane.current_stream,
-                    seq_num=lane.current_seq_num,
-                    error="PluginTimeout",
-                    message=message,
-                    traceback=lane.stack(),
-                )
-            ],
+        self._record(
+            run,
+            analysis,
+            "timeout",
+            message,
+            stream=lane.current_stream,
+            seq_num=lane.current_seq_num,
+            error="PluginTimeout",
+            traceback=lane.stack(),
         )
         lane.abandon()
 
@@ -598,6 +593,7 @@ class Worker:
         stream: str = "",
         seq_num: int = -1,
         error: str | None = None,
+        traceback: str = "",
     ) -> None:
         if stage == "input":
             logger.error(
@@ -618,6 +614,7 @@ class Worker:
                     seq_num=seq_num,
                     error=error or ("InputError" if stage == "input" else "PluginDisabled"),
                     message=message,
+                    traceback=traceback,
                 )
             ],
         )

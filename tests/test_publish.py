@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import bluesky.plans as bp
+import httpx
 import numpy as np
 import pandas as pd
 from conftest import API_KEY
 
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.hookspecs import Results
-from smartlab_plugins.publish import ANALYSIS_SPEC, Publisher
+from smartlab_plugins.publish import ANALYSIS_SPEC, Backoff, Publisher
 from smartlab_plugins.results import EventFollower, find_analyses, read_events
 
 READER = Path(__file__).with_name("live_reader.py")
@@ -141,3 +142,24 @@ def test_results_arriving_within_the_min_interval_are_merged_into_one_part(tiled
         parts[min_interval] = len(analysis["primary"]["events"])
         assert list(read_events(analysis)["value"]) == [float(s) for s in range(1, 11)]
     assert parts[1.0] <= 3 and parts[0.0] >= 6, parts
+
+
+def _status_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("PUT", "http://tiled.invalid/api/v1/table/full/x")
+    return httpx.HTTPStatusError("", request=request, response=httpx.Response(code))
+
+
+def test_backoff_doubles_to_its_cap_and_gives_up_on_what_will_not_pass() -> None:
+    """Both writers share one backoff: an outage is retried at growing intervals for as
+    long as it lasts, a 5xx only a few times, a refusal (4xx) never; a success resets."""
+    backoff = Backoff(initial=0.5, maximum=2.0, server_error_attempts=2)
+    away = httpx.ConnectError("connection refused")
+    assert [backoff.next_delay(away) for _ in range(5)] == [0.5, 1.0, 2.0, 2.0, 2.0]
+    backoff.succeeded()
+    assert backoff.next_delay(away) == 0.5
+    backoff.succeeded()
+    failing = _status_error(503)
+    assert [backoff.next_delay(failing) for _ in range(3)] == [0.5, 1.0, None]
+    assert backoff.next_delay(away) == 0.5  # given up: the next request starts afresh
+    assert backoff.next_delay(_status_error(403)) is None
+    assert backoff.next_delay(_status_error(429)) == 0.5
