@@ -203,7 +203,8 @@ class Outcome:
     summaries: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        return f"{self.outcome}: {self.why} ({self.points} points, {self.fallbacks} fallbacks)"
+        said = self.why if self.why.startswith(self.outcome) else f"{self.outcome}: {self.why}"
+        return f"{said} ({self.points} points, {self.fallbacks} fallbacks)"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -410,7 +411,8 @@ def adaptive_plan(
         return False
 
     def finish() -> Iterator:
-        yield from record("finish", "plan", outcome.planner, outcome.line(), summary=outcome.record())
+        summary = outcome.record()
+        yield from record("finish", "plan", outcome.planner, outcome.line(), summary=summary)
 
     def on_error(error: BaseException) -> Iterator:
         if isinstance(error, RunEngineControlException):
