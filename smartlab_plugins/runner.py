@@ -68,6 +68,9 @@ class WorkerConfig:
 class Session:
     """A worker with its publisher and raw writer, built from a config."""
 
+    #: The results publisher to build (the broker's workers use one that resumes runs).
+    publisher_class: type[Publisher] = Publisher
+
     def __init__(self, config: WorkerConfig) -> None:
         from tiled.client import from_uri
 
@@ -77,7 +80,7 @@ class Session:
         plugins = PluginManager()
         for reference in config.registered:
             plugins.register(from_reference(reference))
-        self.publisher = Publisher(
+        self.publisher = self.publisher_class(
             client,
             journal_dir=Path(config.spool_dir) if config.spool_dir else None,
             tiled_uri=config.tiled_uri,
