@@ -23,9 +23,33 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.which == "adaptive":
+        return _demo_adaptive(args)
+    if args.queueserver_only or args.in_loop_only:
+        raise settings.ConfigurationError(
+            "--queueserver-only and --in-loop-only apply to `smartlab demo adaptive`"
+        )
     from smartlab_plugins.demo import run_demo
 
     run_demo(tiled_uri=args.tiled, data_dir=args.data_dir, points=args.points)
+    return 0
+
+
+def _demo_adaptive(args: argparse.Namespace) -> int:
+    """The in-loop adaptive plans, then an agent driving the queueserver (or either alone)."""
+    if not args.queueserver_only:
+        try:
+            from smartlab_plugins.adaptive.demo import run_in_loop_demo
+        except ImportError as exc:
+            raise settings.ConfigurationError(
+                f"the in-loop adaptive demo is not available in this installation ({exc}); "
+                "run `smartlab demo adaptive --queueserver-only`"
+            ) from None
+        run_in_loop_demo(tiled_uri=args.tiled, data_dir=args.data_dir)
+    if not args.in_loop_only:
+        from smartlab_plugins.adaptive.qserver_demo import run_queueserver_demo
+
+        run_queueserver_demo(tiled_uri=args.tiled, data_dir=args.data_dir, rounds=args.rounds)
     return 0
 
 
@@ -222,7 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run a simulated scan with live analysis and print the results",
         description="Scan a simulated beam monitor with peak_stats live, read the results back "
-        "from Tiled and print them with the snippet to query them.",
+        "from Tiled and print them with the snippet to query them. `smartlab demo adaptive` "
+        "runs the adaptive experiments instead: the in-loop adaptive plans, then an agent that "
+        "reads results from Tiled and submits plans to a queueserver (redis-server and the RE "
+        "Manager are started for it).",
+    )
+    demo.add_argument(
+        "which",
+        nargs="?",
+        choices=["adaptive"],
+        help="adaptive: the adaptive experiments (default: the live-analysis demo)",
+    )
+    only = demo.add_mutually_exclusive_group()
+    only.add_argument(
+        "--queueserver-only",
+        action="store_true",
+        help="adaptive: only the agent driving the queueserver",
+    )
+    only.add_argument(
+        "--in-loop-only", action="store_true", help="adaptive: only the in-loop adaptive plans"
+    )
+    demo.add_argument(
+        "--rounds",
+        type=_positive,
+        default=4,
+        help="adaptive: the agent's rounds (one plan each; default: %(default)s)",
     )
     demo.add_argument(
         "--tiled",
@@ -364,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from smartlab_plugins.adaptive.agent import AgentError
+    from smartlab_plugins.adaptive.qserver import ProcessStartError
     from smartlab_plugins.connection import TiledUnavailableError
     from smartlab_plugins.manager import UnknownPluginError
     from smartlab_plugins.models.cards import ModelIntegrityError
@@ -377,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
         settings.ConfigurationError,
         ModelIntegrityError,
+        ProcessStartError,
+        AgentError,
     ) as exc:
         print(f"smartlab: error: {exc}", file=sys.stderr)
         return 2

@@ -278,7 +278,7 @@ class QueueAgent:
                 points,
             )
         else:
-            why = "; ".join(reasons)
+            why = "; ".join(dict.fromkeys(reasons))  # each distinct reason once, in order
         sources = [
             {"run_uid": run_uid, "plugin": plugin, "seq_nums": seq_nums}
             for (run_uid, plugin), seq_nums in self._sources.items()

@@ -280,3 +280,16 @@ def test_without_redis_server_the_error_says_how_to_install_it(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProcessStartError, match=r"redis-server not found on PATH.*make redis"):
         RedisServer(tmp_path).start()
+
+
+def test_the_cli_runs_either_half_of_the_adaptive_demo_and_leaves_the_plain_demo_alone() -> None:
+    from smartlab_plugins.cli import build_parser, main
+
+    parser = build_parser()
+    plain = parser.parse_args(["demo"])
+    assert plain.which is None and not plain.queueserver_only and not plain.in_loop_only
+    adaptive = parser.parse_args(["demo", "adaptive", "--queueserver-only", "--rounds", "2"])
+    assert adaptive.which == "adaptive" and adaptive.queueserver_only and adaptive.rounds == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "adaptive", "--queueserver-only", "--in-loop-only"])
+    assert main(["demo", "--in-loop-only"]) == 2  # the flags belong to `demo adaptive`
