@@ -139,7 +139,7 @@ class PlanningThread:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=1.0)  # a planner still thinking finishes on its own
 
     def _run(self) -> None:
         while True:

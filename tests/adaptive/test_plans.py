@@ -164,7 +164,7 @@ def test_bad_suggestions_are_clamped_or_rejected_with_a_reason_and_the_plan_goes
 
 def test_a_slow_planner_does_not_hold_up_the_plan(RE, feed, smartlab, client, ramp_devices):
     detector, controller = ramp_devices
-    manager = manager_with(Slow("sluggish", 1.0))
+    manager = manager_with(Slow("sluggish", 2.0))
     (uid,) = RE(
         adaptive_ramp(
             [detector],
