@@ -34,9 +34,10 @@ redis:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server \
 	    >/dev/null || echo "make redis: could not install redis-server; the queueserver tests will fail with the reason"; }
 
-## make test: the test suite (pytest exits 5 when it collects nothing: that alone is no failure)
+## make test: the test suite, on 2 processes (each test file in one of them, so a file's servers
+## start once); pytest exits 5 when it collects nothing: that alone is no failure
 test: $(STAMP) redis
-	@$(BIN)/python -m pytest; status=$$?; \
+	@$(BIN)/python -m pytest -n 2 --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
 ## make bench: RunEngine slowdown, simulators, throughput, latency, scaling, memory, then the

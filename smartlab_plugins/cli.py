@@ -210,6 +210,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from smartlab_plugins.models.registry import BASELINE_NAMES, TASKS
+    from smartlab_plugins.transport.cli import add_commands as add_transport_commands
 
     trainable = sorted(TASKS)
     parser = argparse.ArgumentParser(
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     install = commands.add_parser("install-profile", help="install the IPython profile only")
     install.add_argument("--ipython-dir", type=Path, default=None, help="default: IPython's own")
     install.set_defaults(func=_install_profile)
+    add_transport_commands(commands)
     return parser
 
 
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelIntegrityError,
         ProcessStartError,
         AgentError,
+        ConnectionError,  # a broker that cannot be reached (transport.BrokerUnreachable)
     ) as exc:
         print(f"smartlab: error: {exc}", file=sys.stderr)
         return 2

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from bluesky import RunEngine
+from tiled_keys import API_KEY
 
 from smartlab_plugins.server import EmbeddedServer
 
-API_KEY = "smartlabtestkey"
 os.environ.setdefault("MPLBACKEND", "Agg")  # live views draw off screen in tests
 
 

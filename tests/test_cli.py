@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from conftest import API_KEY
 from tiled.client import from_uri
 from tiled.queries import Key
+from tiled_keys import API_KEY
 
 
 def smartlab(

@@ -17,7 +17,7 @@ from pathlib import Path
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from conftest import API_KEY
+from tiled_keys import API_KEY
 
 from smartlab_plugins import SmartLab
 from smartlab_plugins.devices.beam import make_devices

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import API_KEY
+from tiled_keys import API_KEY
 
 SESSION = """
 (uid,) = RE(bp.scan([beam], steer, -1, 1, 5))

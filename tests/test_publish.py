@@ -12,7 +12,7 @@ import bluesky.plans as bp
 import httpx
 import numpy as np
 import pandas as pd
-from conftest import API_KEY
+from tiled_keys import API_KEY
 
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.hookspecs import Results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bluesky.plans as bp
 import numpy as np
-from conftest import API_KEY
+from tiled_keys import API_KEY
 
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.replay import replay

@@ -9,8 +9,8 @@ import sys
 
 import httpx
 import pytest
-from conftest import API_KEY
 from tiled.client import from_uri
+from tiled_keys import API_KEY
 
 from smartlab_plugins.server import free_port, wait_until_up
 

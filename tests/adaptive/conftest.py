@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from smartlab_plugins.adaptive.feed import ResultsFeed
@@ -36,14 +34,3 @@ def ramp_devices():
     """A sample with T_up = 535.4 K, T_down = 520.8 K (seed 11)."""
     devices = operando.make_devices(seed=11)
     return devices["operando"], devices["temperature"]
-
-
-def decisions(client, uid):
-    """The run's decision stream as a list of dicts, point and detail decoded."""
-    table = client[uid]["smartlab_decisions"].read()
-    rows = []
-    for i in range(table.sizes["time"]):
-        row = {k.removeprefix("decision_"): table[k].values[i].item() for k in table.data_vars}
-        row["point"], row["detail"] = json.loads(row["point"]), json.loads(row["detail"])
-        rows.append(row)
-    return rows

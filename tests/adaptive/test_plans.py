@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from bluesky.utils import RunEngineInterrupted
-from conftest import decisions
+from decision_rows import decisions
 from sample_planners import Fixed, Pausing, Raising, Silent, Slow
 
 from smartlab_plugins.adaptive.arbiter import Arbiter
