@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-adaptive test bench bench-memory lint docs install redis clean
+.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport lint docs install redis clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,15 +46,23 @@ bench: $(STAMP)
 	@mkdir -p benchmarks/results && rm -f benchmarks/results/*.json && date +%s > benchmarks/results/started
 	$(BIN)/python benchmarks/re_overhead.py
 	$(BIN)/python benchmarks/generators.py
-	$(BIN)/python benchmarks/throughput.py --repeats 5
+	$(BIN)/python benchmarks/throughput.py --repeats 3
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/scaling.py
-	$(BIN)/python benchmarks/memory.py --events 3000
+	$(BIN)/python benchmarks/memory.py --events 2000
 	$(BIN)/python benchmarks/summary.py
 
 ## make bench-memory: the memory benchmark over 100,000 events (about 9 minutes on 2 cores)
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py --events 100000
+
+## make bench-adaptive: adaptive plans vs uniform scans of the same resolution (about 90 s)
+bench-adaptive: $(STAMP)
+	$(BIN)/python benchmarks/adaptive.py
+
+## make bench-transport: the broker publisher's RunEngine cost, 1 vs 2 workers (about 2 min)
+bench-transport: $(STAMP) redis
+	$(BIN)/python benchmarks/transport.py
 
 ## make docs: the documentation site in site/ (warnings are errors)
 docs: $(STAMP)

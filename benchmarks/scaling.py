@@ -22,7 +22,7 @@ from report import figure, machine, record, write_section
 
 FRAMES = ((64, 100), (256, 100), (1024, 20))  # (side, events); make bench: under 10 minutes
 PLUGIN_COUNTS = (1, 4, 8)
-PLUGIN_FRAME, PLUGIN_EVENTS = 256, 100
+PLUGIN_FRAME, PLUGIN_EVENTS = 256, 60
 
 
 def monitor(side: int):
