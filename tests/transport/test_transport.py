@@ -157,12 +157,13 @@ def test_a_broker_restarted_mid_scan_loses_nothing(
     wait_for(lambda: len(worker.shards(broker_client)) == 8, 60, "the worker to own the shards")
     publisher = BrokerPublisher()
     restarted = threading.Event()
+    successors: list[RedisServer] = []
 
     def restart_broker():
         broker_client.shutdown(save=True)  # its streams and pending entries go to dump.rdb
         broker.process.wait(timeout=20)
         time.sleep(3.0)
-        RedisServer(broker.run_dir, port=broker.port).start()
+        successors.append(RedisServer(broker.run_dir, port=broker.port).start())
         restarted.set()
 
     def outage_at_event_10(name, doc):
@@ -171,18 +172,23 @@ def test_a_broker_restarted_mid_scan_loses_nothing(
 
     RE.subscribe(outage_at_event_10)
     RE.subscribe(publisher)
-    started = time.monotonic()
-    (uid,) = RE(bp.count([make_devices(seed=7)["beam"]], num=40, delay=0.15))
-    scan_s = time.monotonic() - started
-    wait_for(restarted.is_set, 30, "Redis to restart")
-    assert publisher.flush(timeout=30)
-    status = publisher.status()
-    publisher.close()
+    try:
+        started = time.monotonic()
+        (uid,) = RE(bp.count([make_devices(seed=7)["beam"]], num=40, delay=0.15))
+        scan_s = time.monotonic() - started
+        wait_for(restarted.is_set, 30, "Redis to restart")
+        assert publisher.flush(timeout=30)
+        status = publisher.status()
+        publisher.close()
+        analysis = broker_analysis(client, uid)
+    finally:
+        for successor in successors:  # the fixture stops only the Redis it started
+            successor.stop()
 
     assert scan_s < 40 * 0.15 * 1.5, f"the scan took {scan_s:.1f} s"
     assert status["buffered"] > 0 and status["unsendable"] == 0
     assert "lost the broker" in caplog.text and "is back" in caplog.text
-    assert_every_event_once(broker_analysis(client, uid), 40)
+    assert_every_event_once(analysis, 40)
     assert "lost the broker" in worker.log
 
 
