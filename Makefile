@@ -44,8 +44,8 @@ test: $(STAMP) redis
 ## summary table -> docs/benchmarks.md (under 10 minutes on 2 CPU cores)
 bench: $(STAMP)
 	@mkdir -p benchmarks/results && rm -f benchmarks/results/*.json && date +%s > benchmarks/results/started
-	$(BIN)/python benchmarks/re_overhead.py --image-repeats 2
-	$(BIN)/python benchmarks/generators.py
+	$(BIN)/python benchmarks/re_overhead.py --repeats 4 --image-repeats 2
+	$(BIN)/python benchmarks/generators.py --others 500
 	$(BIN)/python benchmarks/throughput.py --repeats 3
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/scaling.py
