@@ -608,6 +608,11 @@ def _same_shape_groups(ops: list[tuple]) -> list[list[tuple]]:
     return groups
 
 
+#: Events the raw-run writer keeps before writing them as rows: TiledWriter's default (10,000)
+#: held ~140 MB of a beam monitor's rows in the worker before its first write.
+RAW_BATCH_SIZE = 1_000
+
+
 class RawRunWriter:
     """The raw documents of each run to Tiled, via ``TiledWriter``, on a thread of its own.
 
@@ -670,7 +675,9 @@ class RawRunWriter:
             while True:
                 try:
                     if writer is None:
-                        writer = TiledWriter(self._client_factory(), normalizer=None)
+                        writer = TiledWriter(
+                            self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
+                        )
                     writer(name, doc)
                 except Exception as exc:
                     delay = self._backoff.next_delay(exc)
