@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory.py --events 2000
 	$(BIN)/python benchmarks/summary.py
 
-## make bench-memory: the memory benchmark over 100,000 events (about 9 minutes on 2 cores)
+## make bench-memory: the memory benchmark over 100,000 events (about 18 minutes on 2 cores)
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py --events 100000
 

@@ -141,7 +141,7 @@ def write_report(
                 "",
                 f"A short run: `make bench` runs {events:,} events so that it stays within 10",
                 f"minutes; the target is judged over {LONG_RUN:,} events, with `make bench-memory`",
-                "(about 9 minutes on 2 cores), which rewrites this section.",
+                "(about 18 minutes on 2 cores), which rewrites this section.",
             ]
             if short
             else []
