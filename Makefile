@@ -35,10 +35,15 @@ redis:
 	    >/dev/null || echo "make redis: could not install redis-server; the queueserver tests will fail with the reason"; }
 
 ## make test: the test suite, on 2 processes (each test file in one of them, so a file's servers
-## start once); pytest exits 5 when it collects nothing: that alone is no failure
+## start once); pytest exits 5 when it collects nothing: that alone is no failure. A test is
+## ended after 300 s (pyproject.toml) and the whole suite after TEST_LIMIT, with a message, so
+## a hang shows as a failure that names itself rather than as CI running out of time.
+TEST_LIMIT ?= 40m
 test: $(STAMP) redis
-	@$(BIN)/python -m pytest -n 2 --dist loadfile; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+	@timeout --signal=INT --kill-after=60 $(TEST_LIMIT) $(BIN)/python -m pytest -n 2 --dist loadfile; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
+	if [ $$status -eq 124 ] || [ $$status -eq 137 ]; then \
+	  echo "make test: the suite ran past $(TEST_LIMIT) and was stopped"; fi; exit $$status
 
 ## make bench: RunEngine slowdown, simulators, throughput, latency, scaling, memory, then the
 ## summary table -> docs/benchmarks.md (under 10 minutes on 2 CPU cores)

@@ -46,8 +46,9 @@ def test_a_separate_process_reads_results_during_the_scan_without_errors(
     stopped_at = {}
 
     def note(name, doc):
-        if name == "start":
-            uid_file.write_text(doc["uid"])
+        if name == "start":  # written whole, then renamed: the reader never sees it half-written
+            uid_file.with_suffix(".part").write_text(doc["uid"])
+            uid_file.with_suffix(".part").rename(uid_file)
         elif name == "stop":
             stopped_at["time"] = time.time()
 
