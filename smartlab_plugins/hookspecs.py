@@ -75,7 +75,19 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """What a plugin is and what it accepts; published with its results."""
+    """What a plugin is and what it accepts; published with its results.
+
+    ``stateless`` declares that ``smartlab_analyze`` carries nothing from one
+    batch to the next: it reads ``run.state`` only as ``smartlab_start_run``
+    left it (a model, say) and keeps nothing there that changes a later
+    batch's results or ``smartlab_finish_run``'s summary (a flag that a
+    warning was logged is fine). Only such a plugin may have its batches
+    analysed on a compute engine, each in whichever process is free there,
+    with ``smartlab_start_run`` called once per run in each of them. The
+    default, False, is the safe one: the batches stay in the worker, in order.
+    ``gpu`` says that the plugin's work is faster on a GPU: on an engine whose
+    workers declare a ``GPU`` resource, each of its tasks asks for one.
+    """
 
     name: str
     version: str
@@ -83,6 +95,8 @@ class PluginInfo:
     summary: str = ""
     model: ModelInfo | None = None
     device: str = "cpu"
+    stateless: bool = False
+    gpu: bool = False
 
 
 @dataclass

@@ -14,8 +14,14 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def describe_model_plugin(name: str, version: str, field: str, summary: str) -> PluginInfo:
-    """The description of a plugin that runs shipped model ``name`` on one 2-D ``field``."""
+def describe_model_plugin(
+    name: str, version: str, field: str, summary: str, stateless: bool = False
+) -> PluginInfo:
+    """The description of a plugin that runs shipped model ``name`` on one 2-D ``field``.
+
+    A network is faster on a GPU, so every such plugin asks for one on a compute
+    engine; ``stateless`` (see :class:`PluginInfo`) is the plugin's to declare.
+    """
     return PluginInfo(
         name=name,
         version=version,
@@ -23,6 +29,8 @@ def describe_model_plugin(name: str, version: str, field: str, summary: str) -> 
         summary=summary,
         model=model_info(name),
         device=device_name(),
+        stateless=stateless,
+        gpu=True,
     )
 
 

@@ -52,6 +52,7 @@ class BaselinesPlugin:
             accepts=DataSpec(ndims=(2,), fields=(self.field,)),
             summary=f"random forest, gradient boosting and SVM beside {self.baselines.cnn}",
             model=model,
+            stateless=True,
         )
 
     @hookimpl

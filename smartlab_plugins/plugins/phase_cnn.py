@@ -35,7 +35,7 @@ FIELD = "mpb_image"
 def smartlab_describe() -> PluginInfo:
     """Reads ``mpb_image`` frames; the model is the shipped ``phase_cnn`` weights."""
     summary = "crystal phase probabilities from diffraction frames (the talk's CNN)"
-    return describe_model_plugin(NAME, phase.VERSION, FIELD, summary)
+    return describe_model_plugin(NAME, phase.VERSION, FIELD, summary, stateless=True)
 
 
 @hookimpl

@@ -40,7 +40,7 @@ FIELD = "ins_sqw"
 def smartlab_describe() -> PluginInfo:
     """Reads ``ins_sqw`` maps; the model is the shipped ``spinwave_cnn`` weights."""
     summary = "J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)"
-    return describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary)
+    return describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary, stateless=True)
 
 
 @hookimpl
