@@ -15,20 +15,17 @@ At a facility both already run as services; only the agent is started by hand.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from smartlab_plugins import settings
+from smartlab_plugins.processes import ChildProcess, ProcessStartError
 from smartlab_plugins.server import free_port
 
 STARTUP_MODULE = "smartlab_plugins.adaptive.qserver_startup"
@@ -39,79 +36,13 @@ REDIS_INSTALL_HINT = (
 )
 
 
-class ProcessStartError(RuntimeError):
-    """Redis or the RE Manager did not come up; the message says why and where the log is."""
-
-
 def permissions_path() -> Path:
     """The user-group permissions file shipped with the startup module (not imported here)."""
     spec = importlib.util.find_spec(STARTUP_MODULE)
     return Path(next(iter(spec.submodule_search_locations))) / PERMISSIONS_FILE
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
-
-
-class _Child:
-    """A child process in its own session (so stopping it also stops what it started)."""
-
-    name = "process"
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.run_dir / f"{self.name}.log"
-
-    def _spawn(self, cmd: list[str], env: Mapping[str, str] | None = None) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.process = subprocess.Popen(
-            cmd,
-            env=dict(env) if env is not None else None,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.run_dir,
-            start_new_session=True,
-        )
-        log.close()
-
-    def _failed(self, what: str) -> ProcessStartError:
-        self.stop()
-        tail = _log_tail(self.log_path)
-        return ProcessStartError(f"{what}; last lines of {self.log_path}:\n{tail}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Ask the process to end (SIGINT), then its whole session (SIGTERM, SIGKILL)."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=timeout)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)  # children left behind (the RE worker, SmartLab's)
-            except (ProcessLookupError, PermissionError):
-                break
-            time.sleep(0.5)
-        process.wait(timeout=timeout)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisServer(_Child):
+class RedisServer(ChildProcess):
     """``redis-server`` on a free loopback port, data in ``run_dir``, nothing saved to disk."""
 
     name = "redis"
@@ -161,7 +92,7 @@ class RedisServer(_Child):
         return self.start()
 
 
-class REManager(_Child):
+class REManager(ChildProcess):
     """bluesky-queueserver's RE Manager on free loopback 0MQ ports, with SmartLab's worker.
 
     ``env`` is added to this process' environment for the manager and its RE
