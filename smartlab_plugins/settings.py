@@ -15,21 +15,63 @@ the IPython profile) agrees:
     Where results wait on local disk until Tiled has them (a journal per
     worker, see :mod:`smartlab_plugins.spool`). Default: ``spool`` in the data
     folder.
+``SMARTLAB_CATALOG_URI``
+    A PostgreSQL database (``postgresql://user:password@host:port/database``)
+    for ``smartlab serve`` to keep its catalog and SQL tables in, instead of
+    SQLite files in the data folder; see :func:`catalog_uri`.
+``SMARTLAB_CONFIG``
+    A TOML file of settings, by table: ``[server]`` (``catalog``) here, the
+    transport's ``[broker]`` and ``[worker]``. Default ``smartlab.toml`` in
+    ``$XDG_CONFIG_HOME`` (``~/.config``), used if it exists. A command-line
+    option wins over the environment, the environment over the file.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
+from typing import Any
 
 API_KEY_FILENAME = "api_key"
+CONFIG_FILENAME = "smartlab.toml"
+SQLITE_CATALOG = "sqlite"  # as a catalog setting: SQLite files in the data folder, the default
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
 class ConfigurationError(ValueError):
     """A setting (environment variable or argument) SmartLab cannot use, and why."""
+
+
+def config_path() -> Path:
+    """The config file: ``SMARTLAB_CONFIG``, else ``smartlab.toml`` in the XDG config folder."""
+    if explicit := os.environ.get("SMARTLAB_CONFIG"):
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(xdg) / CONFIG_FILENAME
+
+
+def read_config(path: Path | None = None) -> dict[str, Any]:
+    """The config file's tables; empty if the default file does not exist.
+
+    A file named explicitly (argument or ``SMARTLAB_CONFIG``) must exist and parse.
+    """
+    explicit = path is not None or "SMARTLAB_CONFIG" in os.environ
+    path = Path(path) if path is not None else config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigurationError(f"config file {path} does not exist")
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc}") from None
 
 
 def default_data_dir() -> Path:
@@ -89,3 +131,27 @@ def server_api_key(data_dir: Path) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key, True
+
+
+def catalog_uri(
+    option: str | None = None, config_file: Path | None = None
+) -> tuple[str | None, str]:
+    """The PostgreSQL database ``smartlab serve`` keeps its catalog and tables in, and where
+    that setting came from (for messages); None: SQLite files in the data folder.
+
+    ``option`` (``--catalog``) wins, then ``SMARTLAB_CATALOG_URI``, then ``catalog`` in the
+    ``[server]`` table of the config file (``config_file``, else :func:`config_path`). The
+    value ``sqlite`` asks for the default explicitly, over what comes after it.
+    """
+    if option:
+        value, source = option, "--catalog"
+    elif explicit := os.environ.get("SMARTLAB_CATALOG_URI"):
+        value, source = explicit, "SMARTLAB_CATALOG_URI"
+    else:
+        value = read_config(config_file).get("server", {}).get("catalog")
+        source = f"[server] catalog in {config_file or config_path()}"
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"{source}: expected a URI string, got {value!r}")
+    if not value or value == SQLITE_CATALOG:
+        return None, source if value else "default"
+    return value, source

@@ -26,50 +26,18 @@ The environment wins over the file, and a command-line option over both:
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from smartlab_plugins.settings import ConfigurationError
+from smartlab_plugins.settings import ConfigurationError, read_config
 
 DEFAULT_URI = "redis://127.0.0.1:6379/0"
-CONFIG_FILENAME = "smartlab.toml"
 ENVIRONMENT = {
     "uri": "SMARTLAB_BROKER_URI",
     "prefix": "SMARTLAB_BROKER_PREFIX",
     "shards": "SMARTLAB_BROKER_SHARDS",
     "lease_s": "SMARTLAB_BROKER_LEASE",
 }
-
-
-def config_path() -> Path:
-    """The config file: ``SMARTLAB_CONFIG``, else ``smartlab.toml`` in the XDG config folder."""
-    if explicit := os.environ.get("SMARTLAB_CONFIG"):
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(xdg) / CONFIG_FILENAME
-
-
-def read_config(path: Path | None = None) -> dict[str, Any]:
-    """The config file's tables; empty if the default file does not exist.
-
-    A file named explicitly (argument or ``SMARTLAB_CONFIG``) must exist and parse.
-    """
-    explicit = path is not None or "SMARTLAB_CONFIG" in os.environ
-    path = Path(path) if path is not None else config_path()
-    if not path.exists():
-        if explicit:
-            raise ConfigurationError(f"config file {path} does not exist")
-        return {}
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigurationError(f"cannot read config file {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
