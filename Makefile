@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport lint docs install redis clean
+.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport lint docs install redis postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,27 @@ redis:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends redis-server \
 	    >/dev/null || echo "make redis: could not install redis-server; the queueserver tests will fail with the reason"; }
 
+## make postgres: Debian's PostgreSQL, whose binaries the tests of Tiled on PostgreSQL start a
+## server from (skipped when initdb is on PATH or in /usr/lib/postgresql/*/bin, where Debian puts
+## it; apt-get as root, else through sudo). The package may start a cluster of its own on port
+## 5432: the tests never use it, so it is stopped. If it cannot be installed, those tests say so.
+postgres:
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	  echo "installing postgresql (Debian package) for the tests of Tiled on PostgreSQL ..."; \
+	  if $$sudo apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends postgresql \
+	      >/dev/null; then \
+	    pg_lsclusters -h 2>/dev/null | while read -r version name _; do \
+	      $$sudo pg_ctlcluster "$$version" "$$name" stop >/dev/null 2>&1 || true; done; \
+	  else echo "make postgres: could not install postgresql; the PostgreSQL tests will fail with the reason"; fi; }
+
 ## make test: the test suite, on 2 processes (each test file in one of them, so a file's servers
 ## start once); pytest exits 5 when it collects nothing: that alone is no failure. A test is
 ## ended after 300 s (pyproject.toml) and the whole suite after TEST_LIMIT, with a message, so
 ## a hang shows as a failure that names itself rather than as CI running out of time.
 TEST_LIMIT ?= 40m
-test: $(STAMP) redis
+test: $(STAMP) redis postgres
 	@timeout --signal=INT --kill-after=60 $(TEST_LIMIT) $(BIN)/python -m pytest -n 2 --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
 	if [ $$status -eq 124 ] || [ $$status -eq 137 ]; then \

@@ -9,6 +9,11 @@ A writable Tiled catalog needs a file store *and* a SQL table store (the
     external/         readable area for detector files (e.g. ophyd's .npy frames)
     api_key           generated key, mode 0600 (unless SMARTLAB_API_KEY is set)
 
+Given a PostgreSQL database instead (``smartlab serve --catalog``,
+``SMARTLAB_CATALOG_URI`` or ``[server] catalog`` in the config file), the
+catalog *and* the SQL tables live in that database, which several machines can
+share; arrays and other files stay in ``data/``.
+
 Every request needs the API key unless the server is started ``public``, in
 which case anyone may read and only key holders may write.
 """
@@ -29,6 +34,7 @@ import httpx
 from smartlab_plugins import settings
 
 EXTERNAL_SUBDIR = "external"
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
 class ServerStartError(RuntimeError):
@@ -45,8 +51,41 @@ def storage_paths(data_dir: Path) -> dict[str, Path]:
     }
 
 
-def build_app(data_dir: Path, api_key: str, public: bool = False):
-    """A Tiled FastAPI app serving a writable catalog in ``data_dir``."""
+def redact(uri: str) -> str:
+    """A database URI with its password shown as ``***``: the only form that is printed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a string that is not a database URI)"
+
+
+def catalog_storage(data_dir: Path, catalog_uri: str | None = None) -> tuple[str, list[str]]:
+    """The catalog URI and the writable storage Tiled is given.
+
+    Without ``catalog_uri``, SQLite files in ``data_dir``. With a PostgreSQL URI,
+    that database holds the catalog (through asyncpg, Tiled's driver for it) and
+    the SQL tables ``TiledWriter`` appends rows to (through ADBC, which wants the
+    plain ``postgresql://`` scheme); the two never clash, as Tiled names its data
+    tables ``table_<hash>``. Files stay in the data folder.
+    """
+    paths = storage_paths(data_dir)
+    if catalog_uri is None:
+        tables = f"sqlite:///{paths['tables']}"
+        return f"sqlite:///{paths['catalog']}", [str(paths["files"]), tables]
+    scheme, _, rest = catalog_uri.partition("://")
+    if scheme not in POSTGRES_SCHEMES or not rest:
+        raise settings.ConfigurationError(
+            f"catalog {redact(catalog_uri)}: expected a PostgreSQL database, "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return f"postgresql+asyncpg://{rest}", [str(paths["files"]), f"postgresql://{rest}"]
+
+
+def build_app(data_dir: Path, api_key: str, public: bool = False, catalog_uri: str | None = None):
+    """A Tiled FastAPI app serving a writable catalog in ``data_dir`` or in PostgreSQL."""
     from tiled.catalog import from_uri
     from tiled.config import Authentication
     from tiled.server.app import build_app as tiled_build_app
@@ -54,9 +93,10 @@ def build_app(data_dir: Path, api_key: str, public: bool = False):
     paths = storage_paths(data_dir)
     for folder in (paths["files"], paths["external"]):
         folder.mkdir(parents=True, exist_ok=True)
+    catalog, writable = catalog_storage(data_dir, catalog_uri)
     tree = from_uri(
-        f"sqlite:///{paths['catalog']}",
-        writable_storage=[str(paths["files"]), f"sqlite:///{paths['tables']}"],
+        catalog,
+        writable_storage=writable,
         readable_storage=[str(data_dir)],
         init_if_not_exists=True,
     )
@@ -80,19 +120,79 @@ def _serializers():
     return registry
 
 
+class CatalogUnreachable(ConnectionError):
+    """The PostgreSQL catalog cannot be used; the message names the (redacted) URI and why."""
+
+
+def connect_error(uri: str, timeout: float = 5.0) -> str | None:
+    """Why a connection to the database at ``uri`` fails now, in one line; None if it works.
+
+    Tiled reaches PostgreSQL through libpq (ADBC, the table store) and asyncpg (the
+    catalog); libpq answers the same questions for both, so this asks it.
+    """
+    import adbc_driver_manager
+    import adbc_driver_postgresql.dbapi
+
+    probe = f"{uri}{'&' if '?' in uri else '?'}connect_timeout={max(1, round(timeout))}"
+    try:
+        adbc_driver_postgresql.dbapi.connect(probe).close()
+    except adbc_driver_manager.Error as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
+def _password_to_environment(uri: str) -> str:
+    """``uri`` without its password, which moves to ``PGPASSWORD`` in this process.
+
+    libpq (Tiled's table store) and asyncpg (its catalog) both read the password
+    from there (or from ``~/.pgpass``), so it never reaches the command line of the
+    catalog-init process Tiled starts, nor the ``alembic.ini`` it writes for it.
+    """
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    if url.password is None:
+        return uri
+    os.environ["PGPASSWORD"] = url.password
+    return url.set(password=None).render_as_string(hide_password=False)
+
+
 def serve(
     data_dir: Path,
     host: str = settings.DEFAULT_HOST,
     port: int = settings.DEFAULT_PORT,
     public: bool = False,
+    catalog_uri: str | None = None,
+    catalog_source: str = "the caller",
 ) -> None:
-    """Run the embedded server in this process until interrupted."""
-    import uvicorn
+    """Run the embedded server in this process until interrupted.
 
+    ``catalog_uri``: a PostgreSQL database for the catalog and tables (checked
+    before anything starts; ``catalog_source`` says where the setting came from,
+    for that message); None: SQLite files in ``data_dir``.
+    """
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     key, generated = settings.server_api_key(data_dir)
-    app = build_app(data_dir, key, public=public)
+    if catalog_uri is not None:
+        shown = redact(catalog_uri)
+        catalog_storage(data_dir, catalog_uri)  # a URI of another kind fails here, in one line
+        catalog_uri = _password_to_environment(catalog_uri)
+        if error := connect_error(catalog_storage(data_dir, catalog_uri)[1][-1]):
+            raise CatalogUnreachable(
+                f"cannot use the PostgreSQL catalog {shown} (from {catalog_source}): {error}"
+            )
+        catalog = f"{shown} (PostgreSQL: catalog and tables; files in {data_dir})"
+    else:
+        catalog = f"{storage_paths(data_dir)['catalog']} (SQLite, tables in the data dir)"
+    import uvicorn  # after the checks: a wrong setting is reported without the wait
+    from tiled.catalog.adapter import DatabaseInitializationError
+
+    try:
+        app = build_app(data_dir, key, public=public, catalog_uri=catalog_uri)
+    except DatabaseInitializationError as exc:
+        last = (str(exc).strip().splitlines() or ["no output"])[-1]
+        raise CatalogUnreachable(f"Tiled could not set up the catalog {catalog}: {last}") from None
     key_file = data_dir / settings.API_KEY_FILENAME
     if generated:
         source = f"generated and stored in {key_file} (mode 0600): {key}"
@@ -105,6 +205,7 @@ def serve(
         f"SmartLab Tiled server\n"
         f"  uri:       http://{host}:{port}\n"
         f"  data dir:  {data_dir}\n"
+        f"  catalog:   {catalog}\n"
         f"  API key:   {source}\n"
         f"  access:    {access}\n"
         f"Clients: export SMARTLAB_TILED_URI=http://{host}:{port} SMARTLAB_API_KEY=<key>",
@@ -145,7 +246,9 @@ class EmbeddedServer:
     """``smartlab serve`` in a child process, for the demo, the tests and benchmarks.
 
     The server runs in its own process so that its work never competes with
-    the RunEngine for the GIL. Use as a context manager::
+    the RunEngine for the GIL. ``catalog_uri`` is a PostgreSQL database for the
+    catalog and tables; None: SQLite in ``data_dir``, whatever the environment
+    or the config file say. Use as a context manager::
 
         with EmbeddedServer(data_dir) as server:
             client = server.client()
@@ -159,11 +262,13 @@ class EmbeddedServer:
         api_key: str | None = None,
         public: bool = False,
         log_path: Path | None = None,
+        catalog_uri: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir or settings.default_data_dir()).expanduser().resolve()
         self.host = host
         self.port = port or free_port(host)
         self.public = public
+        self.catalog_uri = catalog_uri
         self.log_path = log_path or self.data_dir / "server.log"
         self._explicit_key = api_key
         self.api_key: str | None = None
@@ -181,7 +286,13 @@ class EmbeddedServer:
     def start(self, timeout: float = 60.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.api_key = self._explicit_key or settings.server_api_key(self.data_dir)[0]
-        env = {**os.environ, "SMARTLAB_API_KEY": self.api_key}
+        env = {
+            **os.environ,
+            "SMARTLAB_API_KEY": self.api_key,
+            # exactly this catalog, whatever the config file says; in the environment, so a
+            # password is not on the command line
+            "SMARTLAB_CATALOG_URI": self.catalog_uri or settings.SQLITE_CATALOG,
+        }
         cmd = [
             sys.executable,
             "-m",
