@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from smartlab_plugins import settings
+from smartlab_plugins.compute import configured_address
 from smartlab_plugins.connection import connect
 from smartlab_plugins.manager import PluginManager, plugin_reference
 from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
@@ -95,6 +96,11 @@ class SmartLab:
     spool_dir
         Where results wait on local disk while Tiled is unreachable (and survive a
         killed worker); default ``SMARTLAB_SPOOL_DIR``, else ``spool`` in the data folder.
+    compute
+        A Dask scheduler's address (``tcp://host:8786``), or ``"local"`` / ``"local:N"``
+        for a local cluster of N processes, to analyse stateless plugins' batches on
+        (:mod:`smartlab_plugins.compute`); default ``SMARTLAB_COMPUTE``, else none: all
+        analysis in the worker.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class SmartLab:
         lane_capacity: int = 64,
         linger: float = 0.02,
         spool_dir: str | Path | None = None,
+        compute: str | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
@@ -137,6 +144,7 @@ class SmartLab:
             backpressure=backpressure,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
+            compute=configured_address(compute),
         )
         self._spill_dir = Path(config.spool_dir)
         self._backpressure = backpressure

@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.manager import PluginManager, from_reference
 from smartlab_plugins.publish import Publisher, RawRunWriter
 from smartlab_plugins.worker import Shipment, Worker
@@ -63,6 +64,8 @@ class WorkerConfig:
     annotations: dict[str, Any] = field(default_factory=dict)
     #: Folder of the local journal of results not yet in Tiled; None keeps them in memory only.
     spool_dir: str | None = None
+    #: Dask scheduler (or ``local[:N]``) for stateless plugins' batches; None: analyse here.
+    compute: str | None = None
 
 
 class Session:
@@ -80,6 +83,7 @@ class Session:
         plugins = PluginManager()
         for reference in config.registered:
             plugins.register(from_reference(reference))
+        self.compute = DaskEngine(config.compute) if config.compute else None
         self.publisher = self.publisher_class(
             client,
             journal_dir=Path(config.spool_dir) if config.spool_dir else None,
@@ -99,6 +103,7 @@ class Session:
             mode=config.mode,
             annotations=config.annotations,
             on_normalized=self.raw.put if self.raw is not None else None,
+            compute=self.compute,
         )
 
     def ship(self, shipment: Shipment) -> list[dict[str, Any]]:
@@ -119,6 +124,8 @@ class Session:
         ok = self.publisher.close(timeout)
         if self.raw is not None:
             ok = self.raw.close(timeout) and ok
+        if self.compute is not None:
+            self.compute.close()
         return ok
 
 

@@ -25,6 +25,10 @@ so a plugin that is slow, hangs or leaks never holds up the others:
   calls that ran while no other plugin's did: the only ones for which
   resident memory says who grew it), it is disabled for the run (stage
   ``memory``). What it holds is given back only when the worker restarts.
+
+With a compute engine (:mod:`smartlab_plugins.compute`), the batches of
+stateless plugins are analysed there; their lanes wait for the results in
+turn, so all of the above holds for them too.
 """
 
 from __future__ import annotations
@@ -35,15 +39,19 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
+from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
 from smartlab_plugins.lanes import Lane, format_frames
 from smartlab_plugins.manager import PluginManager, UnknownPluginError
 from smartlab_plugins.publish import ErrorRecord, Publisher
+
+if TYPE_CHECKING:
+    from distributed import Future
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,7 @@ class Worker:
         lane_capacity: int = 64,
         max_growth_mb: float = 2048.0,
         backpressure: str = "spill",
+        compute: DaskEngine | None = None,
     ) -> None:
         self.plugins = plugins
         self.publisher = publisher
@@ -121,6 +130,8 @@ class Worker:
         self.lane_capacity = lane_capacity
         self.max_growth_mb = max_growth_mb
         self.backpressure = backpressure
+        #: Where stateless plugins' batches are analysed; None: here, on their lanes.
+        self.compute = compute
         self.mode = mode
         self.annotations = dict(annotations or {})
         self._assembler = BatchAssembler(self, max_batch=max_batch, on_normalized=on_normalized)
@@ -227,6 +238,7 @@ class Worker:
                 "model_version": info.model.version if info.model else None,
                 "sha256": info.model.sha256 if info.model else None,
                 "device": info.device,
+                "compute": self.compute.address if self._remote(analysis) else None,
                 "accepts": info.accepts.describe(),
                 "mode": self.mode,
                 "status": "running",
@@ -261,10 +273,17 @@ class Worker:
         first, last = int(batch.seq_num[0]), int(batch.seq_num[-1])
         what = f"events {first}-{last} of stream {batch.stream!r}"
         wait = self.plugin_timeout if self.backpressure == "spill" else 0.0
+        pending = self._send(analysis, batch)
         if analysis.lane.submit(
-            lambda: self._run_batch(run, analysis, batch), what, batch.stream, first, wait=wait
+            lambda: self._run_batch(run, analysis, batch, pending),
+            what,
+            batch.stream,
+            first,
+            wait=wait,
         ):
             return
+        if pending is not None:
+            pending.cancel()
         if wait:
             self._timed_out(run, analysis, f"its lane stayed full for {wait:g} s, at {what}")
             return
@@ -280,11 +299,15 @@ class Worker:
             error="PluginBehind",
         )
 
-    def _run_batch(self, run: _Run, analysis: _Analysis, batch: EventBatch) -> None:
+    def _run_batch(
+        self, run: _Run, analysis: _Analysis, batch: EventBatch, pending: Future | None
+    ) -> None:
         """Analyse one batch, on the plugin's lane; then check the memory its calls kept."""
         if analysis.disabled:
+            if pending is not None:
+                pending.cancel()
             return
-        self._analyze(run, analysis, batch)
+        self._analyze(run, analysis, batch, pending)
         growth_mb = analysis.lane.growth / 2**20
         if growth_mb > self.max_growth_mb and not analysis.disabled:
             analysis.disabled = True
@@ -509,14 +532,31 @@ class Worker:
         )
         return batch if keep.all() else batch.take(keep)
 
-    def _analyze(self, run: _Run, analysis: _Analysis, batch: EventBatch) -> None:
+    def _remote(self, analysis: _Analysis) -> bool:
+        """Whether the plugin's batches go to the compute engine."""
+        return self.compute is not None and self.compute.runs(analysis.info)
+
+    def _send(self, analysis: _Analysis, batch: EventBatch) -> Future | None:
+        """Start the batch on the compute engine if it goes there (the lane waits for it
+        in turn, so the engine works on the next batches meanwhile); None if it does not."""
+        if not self._remote(analysis):
+            return None
+        return self.compute.submit(analysis.plugin, analysis.context, batch, analysis.info.gpu)
+
+    def _analyze(
+        self, run: _Run, analysis: _Analysis, batch: EventBatch, pending: Future | None = None
+    ) -> None:
         try:
-            results = self.plugins.call(
-                "smartlab_analyze",
-                analysis.plugin,
-                run=analysis.context,
-                stream=batch.stream,
-                batch=batch,
+            results = (
+                pending.result()
+                if pending is not None
+                else self.plugins.call(
+                    "smartlab_analyze",
+                    analysis.plugin,
+                    run=analysis.context,
+                    stream=batch.stream,
+                    batch=batch,
+                )
             )
             if results is not None:
                 check_results(results, len(batch))
@@ -525,7 +565,8 @@ class Worker:
                 for i in range(len(batch)):
                     if analysis.disabled:
                         return
-                    self._analyze(run, analysis, batch.take(slice(i, i + 1)))
+                    one = batch.take(slice(i, i + 1))
+                    self._analyze(run, analysis, one, self._send(analysis, one))
                 return
             self._failed(
                 run, analysis, "analyze", exc, stream=batch.stream, seq_num=int(batch.seq_num[0])

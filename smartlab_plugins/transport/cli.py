@@ -13,6 +13,7 @@ from smartlab_plugins import settings
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from smartlab_plugins.compute import configured_address
     from smartlab_plugins.manager import PluginManager
     from smartlab_plugins.runner import WorkerConfig
     from smartlab_plugins.transport.consumer import BrokerWorker, LeaseLost
@@ -36,6 +37,7 @@ def _worker(args: argparse.Namespace) -> int:
         raw=args.raw,
         nice=0,
         spool_dir=str(settings.spool_dir()),
+        compute=configured_address(args.compute) or table.get("compute"),
     )
     worker = BrokerWorker(worker_config, broker, name=args.name or table.get("name"))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,6 +70,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--config", type=Path, help="TOML config file (default: SMARTLAB_CONFIG)")
     worker.add_argument("--shards", type=int, help="default: SMARTLAB_BROKER_SHARDS, else 8")
     worker.add_argument("--prefix", help="key prefix in Redis (default: smartlab)")
+    worker.add_argument(
+        "--compute",
+        metavar="ADDRESS",
+        help="Dask scheduler (tcp://host:8786, or local[:N]) for stateless plugins' batches "
+        "(default: SMARTLAB_COMPUTE, else compute in [worker], else analyse here)",
+    )
     worker.add_argument(
         "--no-raw",
         dest="raw",
