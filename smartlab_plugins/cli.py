@@ -18,7 +18,15 @@ def _serve(args: argparse.Namespace) -> int:
     from smartlab_plugins.server import serve
 
     data_dir = args.data_dir or settings.default_data_dir()
-    serve(data_dir, host=args.host, port=args.port, public=args.public)
+    catalog, source = settings.catalog_uri(args.catalog, args.config)
+    serve(
+        data_dir,
+        host=args.host,
+        port=args.port,
+        public=args.public,
+        catalog_uri=catalog,
+        catalog_source=source,
+    )
     return 0
 
 
@@ -222,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the embedded, writable Tiled server",
-        description="Run a writable Tiled server (SQLite catalog, files in the data folder) that "
-        "requires an API key: SMARTLAB_API_KEY if set, else a key generated on first start and "
-        "stored in the data folder (mode 0600).",
+        description="Run a writable Tiled server (SQLite catalog, files in the data folder, or "
+        "the catalog and tables in PostgreSQL) that requires an API key: SMARTLAB_API_KEY if "
+        "set, else a key generated on first start and stored in the data folder (mode 0600).",
     )
     serve.add_argument(
         "--data-dir",
@@ -241,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let anyone read without a key (writing still needs it)",
     )
+    serve.add_argument(
+        "--catalog",
+        metavar="URI",
+        help="keep the catalog and SQL tables in this PostgreSQL database, "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the password may come from PGPASSWORD "
+        "or ~/.pgpass instead); 'sqlite': SQLite files in the data folder (default: "
+        "SMARTLAB_CATALOG_URI, else [server] catalog in the config file, else sqlite)",
+    )
+    serve.add_argument("--config", type=Path, help="TOML config file (default: SMARTLAB_CONFIG)")
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
@@ -415,10 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from smartlab_plugins.adaptive.agent import AgentError
-    from smartlab_plugins.adaptive.qserver import ProcessStartError
     from smartlab_plugins.connection import TiledUnavailableError
     from smartlab_plugins.manager import UnknownPluginError
     from smartlab_plugins.models.cards import ModelIntegrityError
+    from smartlab_plugins.processes import ProcessStartError
 
     args = build_parser().parse_args(argv)
     try:
@@ -431,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         ModelIntegrityError,
         ProcessStartError,
         AgentError,
-        ConnectionError,  # a broker that cannot be reached (transport.BrokerUnreachable)
+        ConnectionError,  # a broker or PostgreSQL catalog that cannot be reached
     ) as exc:
         print(f"smartlab: error: {exc}", file=sys.stderr)
         return 2
