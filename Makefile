@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport lint docs install redis postgres clean
+.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport bench-compute lint docs install redis postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ bench-adaptive: $(STAMP)
 ## make bench-transport: the broker publisher's RunEngine cost, 1 vs 2 workers (about 2 min)
 bench-transport: $(STAMP) redis
 	$(BIN)/python benchmarks/transport.py
+
+## make bench-compute: spinwave_cnn on the Dask compute engine, 1 vs 2 workers (about 2 min)
+bench-compute: $(STAMP)
+	$(BIN)/python benchmarks/compute.py
 
 ## make docs: the documentation site in site/ (warnings are errors)
 docs: $(STAMP)
