@@ -70,18 +70,39 @@ def catalog_storage(data_dir: Path, catalog_uri: str | None = None) -> tuple[str
     the SQL tables ``TiledWriter`` appends rows to (through ADBC, which wants the
     plain ``postgresql://`` scheme); the two never clash, as Tiled names its data
     tables ``table_<hash>``. Files stay in the data folder.
+
+    A table-store URI with a user and no password would reach libpq with the
+    password ``None`` (Tiled 0.2.20 fills in its missing half), so a user without
+    a password goes as libpq's ``user`` parameter, and libpq finds the password in
+    ``PGPASSWORD`` or ``~/.pgpass``.
     """
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
     paths = storage_paths(data_dir)
     if catalog_uri is None:
         tables = f"sqlite:///{paths['tables']}"
         return f"sqlite:///{paths['catalog']}", [str(paths["files"]), tables]
     scheme, _, rest = catalog_uri.partition("://")
-    if scheme not in POSTGRES_SCHEMES or not rest:
+    try:
+        url = make_url(catalog_uri) if scheme in POSTGRES_SCHEMES and rest else None
+    except ArgumentError:
+        url = None
+    if url is None:
         raise settings.ConfigurationError(
             f"catalog {redact(catalog_uri)}: expected a PostgreSQL database, "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         )
-    return f"postgresql+asyncpg://{rest}", [str(paths["files"]), f"postgresql://{rest}"]
+    where = (url.host, url.port, url.database)
+    catalog = URL.create("postgresql+asyncpg", url.username, url.password, *where, url.query)
+    if url.password is None and url.username is not None:
+        tables = URL.create("postgresql", None, None, *where, {**url.query, "user": url.username})
+    else:
+        tables = catalog.set(drivername="postgresql")
+    return catalog.render_as_string(hide_password=False), [
+        str(paths["files"]),
+        tables.render_as_string(hide_password=False),
+    ]
 
 
 def build_app(data_dir: Path, api_key: str, public: bool = False, catalog_uri: str | None = None):
@@ -148,13 +169,16 @@ def _password_to_environment(uri: str) -> str:
     from there (or from ``~/.pgpass``), so it never reaches the command line of the
     catalog-init process Tiled starts, nor the ``alembic.ini`` it writes for it.
     """
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
     url = make_url(uri)
     if url.password is None:
         return uri
     os.environ["PGPASSWORD"] = url.password
-    return url.set(password=None).render_as_string(hide_password=False)
+    bare = URL.create(
+        url.drivername, url.username, None, url.host, url.port, url.database, url.query
+    )
+    return bare.render_as_string(hide_password=False)
 
 
 def serve(

@@ -24,7 +24,12 @@ from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.postgres import PostgresServer, blocking_folder
 from smartlab_plugins.processes import ProcessStartError
 from smartlab_plugins.results import find_analyses, read_events
-from smartlab_plugins.server import EmbeddedServer, free_port, storage_paths
+from smartlab_plugins.server import (
+    EmbeddedServer,
+    _password_to_environment,
+    free_port,
+    storage_paths,
+)
 
 EVENTS = 8
 STARTUP_S = 180  # a Tiled server's imports alone took 14 s on two busy cores
@@ -147,6 +152,19 @@ def test_an_unreachable_postgresql_stops_serve_with_one_line_naming_the_masked_u
     assert f"postgresql://smartlab:***@127.0.0.1:{port}/smartlab" in line
     assert "(from SMARTLAB_CATALOG_URI)" in line and "Connection refused" in line
     assert "hunter2secret" not in out + err
+
+
+def test_serve_moves_the_password_out_of_the_uri_tiled_passes_to_its_init_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "")
+    uri = "postgresql://lab:p%40ss@db.example:5433/results?sslmode=require"
+
+    assert (
+        _password_to_environment(uri) == "postgresql://lab@db.example:5433/results?sslmode=require"
+    )
+    assert os.environ["PGPASSWORD"] == "p@ss"  # where libpq and asyncpg look for it
+    assert _password_to_environment("postgresql://lab@db.example/results").endswith("/results")
 
 
 def test_the_catalog_setting_is_the_option_then_the_environment_then_the_config_file(
