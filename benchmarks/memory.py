@@ -110,10 +110,15 @@ def write_report(
     met = max(growth.values()) < 50
     short = events < LONG_RUN  # a short run can fail the target, but not meet it
     verdict = None if short and met else met
+    # KB per event over the second half: what a run longer than this one would add
+    slope_kb = second_half * 1024 / max(1, last["events"] - halfway["events"])
     print(f"growth {growth}, peak pending {peak_pending}, dropped {dropped}")
     step = max(1, len(samples) // 8)
+    key = "memory" if short else "memory-long"
     lines = [
-        "## Memory over a long run (`benchmarks/memory.py`)",
+        "## Memory over a long run (`benchmarks/memory.py`)"
+        if short
+        else f"## Memory over {events:,} events (`make bench-memory`)",
         "",
         f"`count([beam], {events})` (a 64-pixel profile and an 8 x 64 image per event,",
         "`peak_stats` live, the raw run",
@@ -133,7 +138,8 @@ def write_report(
         f"{growth['session_mb']:+.0f} MB, worker {growth['worker_mb']:+.0f} MB (target: under "
         f"50 MB, {'not met' if not met else 'not judged' if short else 'met'}); the worker's "
         "over the second half: "
-        f"{second_half:+.0f} MB. Largest SmartLab queue: {peak_pending} documents "
+        f"{second_half:+.0f} MB ({slope_kb:.2f} KB per event). Largest SmartLab queue: "
+        f"{peak_pending} documents "
         f"(bound: `max_pending`, 10,000); largest publisher queue: {peak_queued}; documents "
         f"dropped: {dropped}.",
         *(
@@ -141,7 +147,7 @@ def write_report(
                 "",
                 f"A short run: `make bench` runs {events:,} events so that it stays within 10",
                 f"minutes; the target is judged over {LONG_RUN:,} events, with `make bench-memory`",
-                "(about 18 minutes on 2 cores), which rewrites this section.",
+                "(about 18 minutes on a quiet 2-core machine), in the section of its own below.",
             ]
             if short
             else []
@@ -149,9 +155,9 @@ def write_report(
         "",
         f"Machine: {machine()}.",
     ]
-    print(f"wrote {write_section('memory', lines)}")
+    print(f"wrote {write_section(key, lines)}")
     record(
-        "memory",
+        key,
         [
             figure(
                 f"Memory growth, `count([beam], {events})` after its first 10%",
