@@ -37,7 +37,6 @@ from types import TracebackType
 from typing import Any
 
 from smartlab_plugins import settings
-from smartlab_plugins.compute import configured_address
 from smartlab_plugins.connection import connect
 from smartlab_plugins.manager import PluginManager, plugin_reference
 from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
@@ -144,7 +143,7 @@ class SmartLab:
             backpressure=backpressure,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
-            compute=configured_address(compute),
+            compute=compute or settings.compute(),
         )
         self._spill_dir = Path(config.spool_dir)
         self._backpressure = backpressure

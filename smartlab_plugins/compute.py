@@ -58,13 +58,6 @@ RESOURCES_CHECK_S = 5.0
 #: (plugin, run) pairs one Dask worker process keeps started; beyond, the oldest is dropped
 #: (a stateless plugin loses nothing: a later batch of that run only starts it again).
 RUNS_KEPT = 16
-#: The environment variable that names the engine when no argument or option does.
-ENVIRONMENT = "SMARTLAB_COMPUTE"
-
-
-def configured_address(explicit: str | None = None) -> str | None:
-    """The engine to use: ``explicit``, else ``SMARTLAB_COMPUTE``; None analyses in the worker."""
-    return explicit or os.environ.get(ENVIRONMENT) or None
 
 
 class ComputeUnreachable(ConnectionError):

@@ -19,6 +19,10 @@ the IPython profile) agrees:
     A PostgreSQL database (``postgresql://user:password@host:port/database``)
     for ``smartlab serve`` to keep its catalog and SQL tables in, instead of
     SQLite files in the data folder; see :func:`catalog_uri`.
+``SMARTLAB_COMPUTE``
+    The compute engine for stateless plugins' batches: a Dask scheduler's
+    address (``tcp://host:8786``), or ``local[:N]``; unset, they are analysed
+    in the worker (see :mod:`smartlab_plugins.compute`).
 ``SMARTLAB_CONFIG``
     A TOML file of settings, by table: ``[server]`` (``catalog``) here, the
     transport's ``[broker]`` and ``[worker]``. Default ``smartlab.toml`` in
@@ -92,6 +96,11 @@ def spool_dir() -> Path:
 def tiled_uri() -> str | None:
     """The Tiled server named by ``SMARTLAB_TILED_URI``, or None."""
     return os.environ.get("SMARTLAB_TILED_URI") or None
+
+
+def compute() -> str | None:
+    """The compute engine named by ``SMARTLAB_COMPUTE``, or None: analyse in the worker."""
+    return os.environ.get("SMARTLAB_COMPUTE") or None
 
 
 def stored_api_key(data_dir: Path | None = None) -> str | None:

@@ -13,7 +13,6 @@ from smartlab_plugins import settings
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from smartlab_plugins.compute import configured_address
     from smartlab_plugins.manager import PluginManager
     from smartlab_plugins.runner import WorkerConfig
     from smartlab_plugins.transport.consumer import BrokerWorker, LeaseLost
@@ -37,7 +36,7 @@ def _worker(args: argparse.Namespace) -> int:
         raw=args.raw,
         nice=0,
         spool_dir=str(settings.spool_dir()),
-        compute=configured_address(args.compute) or table.get("compute"),
+        compute=args.compute or settings.compute() or table.get("compute"),
     )
     worker = BrokerWorker(worker_config, broker, name=args.name or table.get("name"))
     for sig in (signal.SIGTERM, signal.SIGINT):
