@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-adaptive test bench bench-memory bench-adaptive bench-transport bench-compute lint docs install redis postgres clean
+.PHONY: demo demo-adaptive demo-distributed test bench bench-memory bench-adaptive bench-transport bench-compute lint docs install redis postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 ## make demo-adaptive: the adaptive experiments, in-loop and through the queueserver
 demo-adaptive: $(STAMP) redis
 	$(BIN)/smartlab demo adaptive
+
+## make demo-distributed: the live pipeline through Redis to two workers, Tiled on PostgreSQL
+demo-distributed: $(STAMP) redis postgres
+	$(BIN)/smartlab demo --distributed
 
 ## make redis: Debian's redis-server, which the queueserver's RE Manager needs (skipped when
 ## redis-server is on PATH; apt-get as root, else through sudo). If it cannot be installed, the

@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from bluesky import RunEngine
 from smartlab_plugins.adaptive.qserver import RedisServer
 from smartlab_plugins.server import EmbeddedServer
 from smartlab_plugins.transport import BrokerPublisher, BrokerSettings
+from smartlab_plugins.transport.local import WorkerProcess, wait_for_shares
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import figure, machine, record
@@ -87,16 +87,19 @@ def record_runs(RE: RunEngine, runs: int, events: int) -> list[list[tuple[str, d
 
 
 def start_workers(n: int, prefix: str, tiled: EmbeddedServer, folder: Path) -> list:
-    env = {**os.environ, "SMARTLAB_API_KEY": tiled.api_key, "OMP_NUM_THREADS": "1"}
-    env["SMARTLAB_SPOOL_DIR"] = str(folder / "spool")
-    workers = []
-    for i in range(n):
-        command = [sys.executable, "-m", "smartlab_plugins.transport.cli", "worker"]
-        command += ["--name", f"{prefix}-{i}", "--prefix", prefix, "--tiled", tiled.uri]
-        command += ["--plugins", "spinwave_cnn", "--no-raw"]
-        with open(folder / f"{prefix}-{i}.log", "ab") as log:
-            workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return workers
+    env = {"OMP_NUM_THREADS": "1", "SMARTLAB_SPOOL_DIR": str(folder / "spool")}
+    return [
+        WorkerProcess(
+            f"{prefix}-{i}",
+            tiled.uri,
+            tiled.api_key,
+            folder,
+            ["spinwave_cnn"],
+            extra_args=["--prefix", prefix, "--no-raw"],
+            env=env,
+        )
+        for i in range(n)
+    ]
 
 
 def throughput(
@@ -106,14 +109,7 @@ def throughput(
     prefix = f"bench-{n}"
     settings = BrokerSettings.load(prefix=prefix)
     workers = start_workers(n, prefix, tiled, folder)
-    share = -(-settings.shards // n)
-    deadline = time.monotonic() + 120
-    while True:  # every worker started, the shards shared
-        holders = client.mget([settings.lease(s) for s in range(settings.shards)])
-        counts = [holders.count(f"{prefix}-{i}".encode()) for i in range(n)]
-        if all(c == share for c in counts) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    wait_for_shares(settings, [w.name for w in workers], timeout=120)
     publisher = BrokerPublisher(prefix=prefix)
     started = time.perf_counter()
     for docs in recorded:
@@ -132,9 +128,7 @@ def throughput(
     elapsed = time.perf_counter() - started
     publisher.close()
     for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        worker.wait(timeout=60)
+        worker.stop(timeout=60)
     events = sum(1 for docs in recorded for name, _ in docs if name == "event")
     print(f"{n} worker(s): {events} events in {elapsed:.2f} s", flush=True)
     return events / elapsed

@@ -37,6 +37,15 @@ def _demo(args: argparse.Namespace) -> int:
         raise settings.ConfigurationError(
             "--queueserver-only and --in-loop-only apply to `smartlab demo adaptive`"
         )
+    if args.distributed:
+        if args.tiled or args.data_dir:
+            raise settings.ConfigurationError(
+                "--distributed starts its own Tiled server on PostgreSQL; drop --tiled/--data-dir"
+            )
+        from smartlab_plugins.transport.demo import run_distributed_demo
+
+        comparisons = run_distributed_demo(points=args.points)
+        return 0 if all(c.equal for c in comparisons) else 1
     from smartlab_plugins.demo import run_demo
 
     run_demo(tiled_uri=args.tiled, data_dir=args.data_dir, points=args.points)
@@ -45,6 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _demo_adaptive(args: argparse.Namespace) -> int:
     """The in-loop adaptive plans, then an agent driving the queueserver (or either alone)."""
+    if args.distributed:
+        raise settings.ConfigurationError("--distributed applies to `smartlab demo` alone")
     if not args.queueserver_only:
         try:
             from smartlab_plugins.adaptive.demo import run_in_loop_demo
@@ -274,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=["adaptive"],
         help="adaptive: the adaptive experiments (default: the live-analysis demo)",
+    )
+    demo.add_argument(
+        "--distributed",
+        action="store_true",
+        help="through a Redis broker to two `smartlab worker` processes, Tiled on PostgreSQL "
+        "(all started for the demo), compared with the in-process analysis",
     )
     only = demo.add_mutually_exclusive_group()
     only.add_argument(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +10,7 @@ import redis
 
 from smartlab_plugins.adaptive.qserver import RedisServer
 from smartlab_plugins.server import EmbeddedServer
+from smartlab_plugins.transport.local import WorkerProcess as LocalWorker
 from smartlab_plugins.transport.settings import BrokerSettings
 
 LEASE_S = 2.0
@@ -34,45 +31,17 @@ def broker_client(broker: RedisServer) -> redis.Redis:
     return redis.Redis(host=broker.host, port=broker.port)
 
 
-class WorkerProcess:
-    """One ``smartlab worker`` child, logging to a file."""
+class WorkerProcess(LocalWorker):
+    """One ``smartlab worker`` child of a test, bound to the session's Tiled server."""
 
     def __init__(self, name: str, tiled: EmbeddedServer, log_dir: Path, plugins: list[str]):
-        self.name = name
-        self.log_path = log_dir / f"worker-{name}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child's for its lifetime
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "smartlab_plugins.transport.cli", "worker",
-                "--name", name, "--tiled", tiled.uri, "--plugins", *plugins,
-            ],
-            env={**os.environ, "SMARTLAB_API_KEY": tiled.api_key},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(name, tiled.uri, tiled.api_key, log_dir, plugins)
 
     def shards(self, client: redis.Redis) -> list[int]:
         """The shards whose lease this worker holds."""
         count = BrokerSettings.load().shards
         leases = client.mget([BrokerSettings.load().lease(s) for s in range(count)])
         return [s for s, holder in enumerate(leases) if holder == self.name.encode()]
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
