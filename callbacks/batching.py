@@ -74,7 +74,7 @@ class DocumentProblem:
         if self.seq_num is not None:
             where.append(f"event {self.seq_num}")
         if self.run_uid is not None:
-            where.append(f"run {self.run_uid[:8]}")
+            where.append(f"run {short_uid(self.run_uid)}")
         place = f" ({', '.join(where)})" if where else ""
         return f"rejected {self.document} document{place}: {self.reason}"
 
@@ -233,8 +233,9 @@ class BatchAssembler:
     def _evict(self, run_uid: str, newcomer: str) -> None:
         """Close the oldest open run to make room; its stop document never came."""
         reason = (
-            f"more than {self._max_open_runs} runs open at once: run {run_uid[:8]} is closed "
-            f"as aborted to make room for run {newcomer[:8]} (its stop document never came)"
+            f"more than {self._max_open_runs} runs open at once: run {short_uid(run_uid)} is "
+            f"closed as aborted to make room for run {short_uid(newcomer)} (its stop document "
+            "never came)"
         )
         self._sink.reject(DocumentProblem("stop", reason, run_uid))
         stop = {
@@ -584,6 +585,12 @@ def _reason(exc: BaseException) -> str:
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 80
+
+
+def short_uid(uid: str) -> str:
+    """The first 8 characters of a uid, for messages. A malformed document's uid may hold
+    lone surrogates, which no log file or UTF-8 stream can take: they are escaped."""
+    return str(uid)[:8].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _short(value: Any, limit: int = 80) -> str:

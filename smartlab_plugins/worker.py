@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
+from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch, short_uid
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
 from smartlab_plugins.lanes import Lane, format_frames
@@ -171,7 +171,8 @@ class Worker:
                     analysis.key, self._closing_metadata(run, analysis, "interrupted")
                 )
             logger.warning(
-                "run %s: closed before its stop document; results marked interrupted", run.uid[:8]
+                "run %s: closed before its stop document; results marked interrupted",
+                short_uid(run.uid),
             )
         self._runs.clear()
 
@@ -245,7 +246,7 @@ class Worker:
                 "started": time.time(),
             }
         )
-        logger.info("run %s plugin %s: analysing", run.uid[:8], analysis.plugin)
+        logger.info("run %s plugin %s: analysing", short_uid(run.uid), analysis.plugin)
         analysis.lane = Lane(analysis.plugin, capacity=self.lane_capacity)
         analysis.lane.submit(lambda: self._start_plugin(run, analysis), "start_run")
 
@@ -316,7 +317,7 @@ class Worker:
                 f"{analysis.lane.measured_calls} of its calls that ran alone "
                 f"(limit max_growth_mb={self.max_growth_mb:g})"
             )
-            logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+            logger.error("run %s plugin %s: %s", short_uid(run.uid), analysis.plugin, message)
             self._record(
                 run,
                 analysis,
@@ -347,7 +348,7 @@ class Worker:
             f"no answer within plugin_timeout={self.plugin_timeout:g} s ({what}); "
             "skipped for the rest of the run"
         )
-        logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+        logger.error("run %s plugin %s: %s", short_uid(run.uid), analysis.plugin, message)
         analysis.disabled = analysis.timed_out = True
         self._record(
             run,
@@ -444,7 +445,7 @@ class Worker:
             logger.error("%s", problem)
             return
         run.problems += 1
-        logger.error("run %s: %s", run.uid[:8], problem)
+        logger.error("run %s: %s", short_uid(run.uid), problem)
         for analysis in run.active:
             record = ErrorRecord(
                 plugin=analysis.plugin,
@@ -601,7 +602,7 @@ class Worker:
         where = f" on event {seq_num} of stream {stream!r}" if seq_num >= 0 else ""
         logger.error(
             "run %s plugin %s: %s failed%s: %s: %s",
-            run.uid[:8],
+            short_uid(run.uid),
             analysis.plugin,
             stage,
             where,
@@ -622,7 +623,7 @@ class Worker:
         if analysis.failures >= self.max_failures and not analysis.disabled:
             analysis.disabled = True
             message = f"disabled for this run after {analysis.failures} failures"
-            logger.error("run %s plugin %s: %s", run.uid[:8], analysis.plugin, message)
+            logger.error("run %s plugin %s: %s", short_uid(run.uid), analysis.plugin, message)
             self._record(run, analysis, "disabled", message)
 
     def _record(
@@ -639,7 +640,7 @@ class Worker:
         if stage == "input":
             logger.error(
                 "run %s plugin %s: %s%s",
-                run.uid[:8],
+                short_uid(run.uid),
                 analysis.plugin,
                 message,
                 f" (event {seq_num})" if seq_num >= 0 else "",

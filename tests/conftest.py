@@ -15,6 +15,20 @@ from smartlab_plugins.server import EmbeddedServer
 os.environ.setdefault("MPLBACKEND", "Agg")  # live views draw off screen in tests
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Escape lone surrogates in a report's captured output before xdist sends it.
+
+    The fuzz tests feed documents strings such as ``"\\udcff"``; a message quoting one
+    cannot be encoded as UTF-8, and a report that holds it makes pytest-xdist's worker
+    fail to send it and abort the whole run (INTERNALERROR), losing every later result.
+    """
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+
+
 @pytest.fixture(autouse=True)
 def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A local results journal per test, so no test adopts what another left behind."""
