@@ -59,7 +59,7 @@ postgres:
 ## a hang shows as a failure that names itself rather than as CI running out of time.
 TEST_LIMIT ?= 40m
 test: $(STAMP) redis postgres
-	@timeout --signal=INT --kill-after=60 $(TEST_LIMIT) $(BIN)/python -m pytest -n 2 --dist loadfile; status=$$?; \
+	@timeout --signal=INT --kill-after=60 $(TEST_LIMIT) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; \
 	if [ $$status -eq 124 ] || [ $$status -eq 137 ]; then \
 	  echo "make test: the suite ran past $(TEST_LIMIT) and was stopped"; fi; exit $$status
