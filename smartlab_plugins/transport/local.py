@@ -71,13 +71,15 @@ class WorkerProcess:
                 self.kill()
 
 
-def shard_holders(settings: BrokerSettings) -> list[str | None]:
-    """Who holds each shard's lease now (None: nobody)."""
-    client = connect(settings)
+def shard_holders(settings: BrokerSettings, client=None) -> list[str | None]:
+    """Who holds each shard's lease now (None: nobody); ``client``: a broker client to reuse."""
+    own = client is None
+    client = connect(settings) if own else client
     try:
         held = client.mget([settings.lease(s) for s in range(settings.shards)])
     finally:
-        client.close()
+        if own:
+            client.close()
     return [h.decode() if h is not None else None for h in held]
 
 
@@ -89,14 +91,18 @@ def wait_for_shares(settings: BrokerSettings, names: Sequence[str], timeout: flo
     """
     share = -(-settings.shards // len(names))
     deadline = time.monotonic() + timeout
-    while True:
-        holders = shard_holders(settings)
-        counts = [holders.count(name) for name in names]
-        if sum(counts) == settings.shards and max(counts) <= share:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"the workers {list(names)} did not share the {settings.shards} shards within "
-                f"{timeout:.0f} s; holders now: {holders}"
-            )
-        time.sleep(0.1)
+    client = connect(settings)
+    try:
+        while True:
+            holders = shard_holders(settings, client)
+            counts = [holders.count(name) for name in names]
+            if sum(counts) == settings.shards and max(counts) <= share:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the workers {list(names)} did not share the {settings.shards} shards "
+                    f"within {timeout:.0f} s; holders now: {holders}"
+                )
+            time.sleep(0.1)
+    finally:
+        client.close()
