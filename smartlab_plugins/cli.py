@@ -145,12 +145,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from smartlab_plugins.devices.dataset import SimulatedSet
-    from smartlab_plugins.models.finetune import finetune
+    from smartlab_plugins.models.finetune import finetune, load_examples
 
     card = finetune(
         args.model,
-        SimulatedSet.load(args.data),
+        load_examples(args.data, args.model),
         args.out,
         seed=args.seed,
         data_label=args.data.name,
@@ -163,18 +162,20 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from smartlab_plugins.models.evaluate import evaluate
+    from smartlab_plugins.models.evaluate import evaluate, metric_tables
+    from smartlab_plugins.status import format_table
 
     report = evaluate(args.model, n=args.n, seed=args.seed, directory=args.dir)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print(
-            f"{report['model']} (sha256 {report['sha256'][:16]}...), "
-            f"{args.n} new samples, seed {report['seed']}:"
-        )
-        for key, value in report["metrics"].items():
-            print(f"  {key}: {value}")
+        return 0
+    print(
+        f"{report['model']} (sha256 {report['sha256'][:16]}...), "
+        f"{args.n} new samples, seed {report['seed']}"
+    )
+    for title, cells in metric_tables(report["metrics"]):
+        print(f"\n{title}" if title else "")
+        print(format_table(cells))
     return 0
 
 
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "them, with the generator config and seed, to an HDF5 file.",
     )
     simulate.add_argument("case", choices=["ins", "mpb", "operando", "microscopy"])
-    simulate.add_argument("--n", type=_positive, required=True, help="number of samples")
+    simulate.add_argument("-n", "--n", type=_positive, required=True, help="number of samples")
     simulate.add_argument("--out", type=Path, required=True, help="output file (.h5)")
     simulate.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     simulate.add_argument(
@@ -387,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("model", choices=[*trainable, *BASELINE_NAMES])
     train.add_argument("--out", type=Path, default=Path("trained"), help="default: %(default)s")
     train.add_argument(
+        "-n",
         "--n",
         type=_positive,
         default=None,
@@ -423,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("model", choices=trainable)
     evaluate.add_argument(
-        "--n", type=_positive, default=1000, help="samples (default: %(default)s)"
+        "-n", "--n", type=_positive, default=1000, help="samples (default: %(default)s)"
     )
     evaluate.add_argument("--seed", type=int, default=None, help="default: training seed + 1000")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
@@ -447,26 +449,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from smartlab_plugins.adaptive.agent import AgentError
-    from smartlab_plugins.connection import TiledUnavailableError
-    from smartlab_plugins.manager import UnknownPluginError
-    from smartlab_plugins.models.cards import ModelIntegrityError
-    from smartlab_plugins.processes import ProcessStartError
+#: The errors a user can cause and fix (a server that is down, a wrong name, file or setting),
+#: by the module that defines them: printed as one line, exit status 2.
+USER_ERRORS = {
+    "smartlab_plugins.adaptive.agent": "AgentError",
+    "smartlab_plugins.connection": "TiledUnavailableError",
+    "smartlab_plugins.manager": "UnknownPluginError",
+    "smartlab_plugins.models.cards": "ModelIntegrityError",
+    "smartlab_plugins.models.finetune": "DataSetError",
+    "smartlab_plugins.processes": "ProcessStartError",
+    "smartlab_plugins.replay": "UnknownRunError",
+}
 
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The classes of :data:`USER_ERRORS` whose modules are imported, and the built-in ones.
+
+    Looked up only once an exception reaches :func:`main`: a module never
+    imported raised nothing, and importing it (torch, the worker) just to
+    compare would delay every command's start or its error message.
+    """
+    found = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
+    # ConnectionError: a broker or PostgreSQL catalog that cannot be reached
+    return (*found, settings.ConfigurationError, ConnectionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``smartlab`` command; return its exit status.
+
+    A :func:`user_errors` error is printed as one line (``smartlab: error:
+    ...``) with exit status 2; any other exception is a bug and keeps its
+    traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (
-        TiledUnavailableError,
-        UnknownPluginError,
-        KeyError,
-        settings.ConfigurationError,
-        ModelIntegrityError,
-        ProcessStartError,
-        AgentError,
-        ConnectionError,  # a broker or PostgreSQL catalog that cannot be reached
-    ) as exc:
+    except user_errors() as exc:
         print(f"smartlab: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,21 @@ from smartlab_plugins.worker import Shipment
 CHUNK = 256
 
 
+class UnknownRunError(KeyError):
+    """A run uid that the Tiled server does not hold."""
+
+    def __init__(self, run_uid: str, tiled_uri: str) -> None:
+        self.run_uid = run_uid
+        self.tiled_uri = tiled_uri
+        super().__init__(run_uid)
+
+    def __str__(self) -> str:
+        return (
+            f"no run with uid {self.run_uid!r} in the Tiled server at {self.tiled_uri}; "
+            "check the uid (`smartlab status` lists the recently analysed runs)"
+        )
+
+
 def replay(
     run_uid: str,
     tiled_uri: str,
@@ -31,7 +46,7 @@ def replay(
     """Analyse stored run ``run_uid`` again; return its run summary (one per run replayed)."""
     client = connect(tiled_uri, api_key)
     if run_uid not in client:
-        raise KeyError(f"no run with uid {run_uid!r} in the Tiled server at {tiled_uri}")
+        raise UnknownRunError(run_uid, tiled_uri)
     run = client[run_uid]
     total = run.metadata.get("stop", {}).get("num_events", {})
     session = Session(

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.settings import ConfigurationError
 
 CASES = {
     "ins": "smartlab_plugins.devices.ins",
@@ -91,7 +92,8 @@ def write_case(
 def configured(case: str, overrides: dict[str, str]) -> Any:
     """The instrument's default generator config with ``overrides`` (text values) applied.
 
-    Raises KeyError naming the valid settings for an unknown one.
+    Raises :class:`ConfigurationError` naming the valid settings for an unknown
+    one, and the expected type for a value that does not parse.
     """
     import dataclasses
     import json
@@ -102,8 +104,23 @@ def configured(case: str, overrides: dict[str, str]) -> Any:
     for key, text in overrides.items():
         if not hasattr(defaults, key):
             names = ", ".join(f.name for f in dataclasses.fields(config_type))
-            raise KeyError(f"{config_type.__name__} has no setting {key!r}; settings: {names}")
+            raise ConfigurationError(
+                f"{config_type.__name__} has no setting {key!r}; settings: {names}"
+            )
         current = getattr(defaults, key)
-        value = json.loads(text) if isinstance(current, (tuple, list)) else type(current)(text)
+        if dataclasses.is_dataclass(current):
+            raise ConfigurationError(
+                f"{config_type.__name__}.{key} is a group of settings; --set takes single values"
+            )
+        sequence = isinstance(current, (tuple, list))
+        try:
+            value = json.loads(text) if sequence else type(current)(text)
+            if sequence and not isinstance(value, list):
+                raise ValueError(text)
+        except ValueError:
+            expected = json.dumps(list(current)) if sequence else repr(current)
+            raise ConfigurationError(
+                f"{config_type.__name__}.{key}: expected a value like {expected}, got {text!r}"
+            ) from None
         changes[key] = tuple(value) if isinstance(current, tuple) else value
     return dataclasses.replace(defaults, **changes)

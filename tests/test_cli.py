@@ -3,6 +3,7 @@ is read in-process, each start costing seconds)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from tiled.client import from_uri
 from tiled.queries import Key
 from tiled_keys import API_KEY
 
-from smartlab_plugins.cli import main
+from smartlab_plugins.cli import USER_ERRORS, build_parser, main
 
 
 def smartlab(
@@ -100,6 +101,55 @@ def test_errors_are_one_clear_line_not_a_traceback():
     assert result.returncode == 2
     assert result.stderr.startswith("smartlab: error: could not reach a Tiled server")
     assert "Traceback" not in result.stderr
+
+
+def test_replay_of_an_unknown_run_says_so_in_one_unquoted_line(tiled_server):
+    env = {**os.environ, "SMARTLAB_API_KEY": API_KEY}
+    result = smartlab("replay", "no-such-run", "--tiled", tiled_server.uri, env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"smartlab: error: no run with uid 'no-such-run' in the Tiled server at "
+        f"{tiled_server.uri}; check the uid (`smartlab status` lists the recently analysed "
+        "runs)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "ins", "{n}", "3", "--out", "x.h5"],
+        ["train", "phase_cnn", "{n}", "3"],
+        ["evaluate", "phase_cnn", "{n}", "3"],
+    ],
+)
+@pytest.mark.parametrize("option", ["-n", "--n"])
+def test_n_has_the_short_alias_minus_n(argv, option):
+    args = build_parser().parse_args([option if a == "{n}" else a for a in argv])
+    assert args.n == 3
+
+
+def test_every_user_error_class_exists_where_the_command_looks_for_it():
+    for module, name in USER_ERRORS.items():
+        assert issubclass(getattr(importlib.import_module(module), name), Exception)
+
+
+def test_a_bad_generator_setting_is_a_usage_error_naming_the_expected_value(tmp_path, capsys):
+    out = str(tmp_path / "x.h5")
+    assert main(["simulate", "ins", "-n", "1", "--out", out, "--set", "ei=fast"]) == 2
+    assert capsys.readouterr().err == (
+        "smartlab: error: SpinWaveConfig.ei: expected a value like 20.0, got 'fast'\n"
+    )
+
+
+def test_a_bug_keeps_its_traceback_instead_of_posing_as_a_usage_error(monkeypatch):
+    from smartlab_plugins.models import evaluate
+
+    def broken(*args, **kwargs):
+        raise KeyError("generator_seed")  # e.g. a card field the code expects but lacks
+
+    monkeypatch.setattr(evaluate, "evaluate", broken)
+    with pytest.raises(KeyError, match="generator_seed"):
+        main(["evaluate", "spinwave_cnn", "-n", "2"])
 
 
 def test_status_lists_recent_analyses_with_their_counts(tiled_server, RE, make_smartlab):

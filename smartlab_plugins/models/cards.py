@@ -15,7 +15,11 @@ from typing import Any
 
 
 class ModelIntegrityError(RuntimeError):
-    """A weights file whose SHA-256 does not match its model card, or that is missing."""
+    """A model that cannot be loaded as its card says.
+
+    Its weights file is missing or its SHA-256 does not match the card, or the
+    card names a network this version of SmartLab does not have.
+    """
 
 
 def sha256_of(path: Path) -> str:

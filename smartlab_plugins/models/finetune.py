@@ -4,6 +4,12 @@ The convolutional feature extractor is frozen (its batch-norm statistics
 still adapt to the new data, as in AdaBN); only the dense head is retrained,
 so 10-100 examples are enough. The result is a new model folder with its own
 card, which records the base model's hash and the data it was tuned on.
+
+The data are checked before anything is trained, and a :class:`DataSetError`
+says in the user's words what is wrong and how to make suitable data: a
+file that is missing, is not HDF5 or is not a SmartLab data set
+(:func:`load_examples`), a set of another instrument, one without a field the
+model reads, or too few examples to validate on (:func:`finetune`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.models.cards import ModelCard, sha256_of
 from smartlab_plugins.models.registry import task as task_named
 from smartlab_plugins.models.store import load_model
-from smartlab_plugins.models.training import Split, TrainingConfig, fit, predict, split_by_seed
+from smartlab_plugins.models.training import (
+    Split,
+    Task,
+    TrainingConfig,
+    fit,
+    predict,
+    split_by_seed,
+)
 
 FINETUNE_CONFIG = TrainingConfig(
     batch_size=16,
@@ -31,6 +44,74 @@ FINETUNE_CONFIG = TrainingConfig(
 )
 
 
+class DataSetError(ValueError):
+    """Examples that a model cannot be fine-tuned on: the message says why and what to do."""
+
+
+#: What :meth:`SimulatedSet.save` writes: the groups and attributes a data set file must have.
+SET_GROUPS = ("inputs", "labels", "coords")
+SET_ATTRIBUTES = ("case", "seed", "config", "units")
+
+
+def load_examples(path: Path, name: str) -> SimulatedSet:
+    """The labelled examples in HDF5 file ``path``, to fine-tune ``name`` on.
+
+    Raises :class:`DataSetError` for a missing file, or one that is not HDF5 or
+    not a data set as ``smartlab simulate`` writes it (:func:`finetune` checks
+    that the set is of the instrument ``name`` reads).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DataSetError(f"{path}: no such file; {_make_one(name)}")
+    if not path.is_file():
+        raise DataSetError(f"{path} is a folder, not a data set file; {_make_one(name)}")
+    if not h5py.is_hdf5(path):
+        raise DataSetError(
+            f"{path} is not an HDF5 file; {name} is fine-tuned on HDF5 data sets as "
+            f"`smartlab simulate` writes them: {_make_one(name)}"
+        )
+    with h5py.File(path, "r") as f:
+        missing = [f"group '{g}'" for g in SET_GROUPS if not isinstance(f.get(g), h5py.Group)]
+        missing += [f"attribute '{a}'" for a in SET_ATTRIBUTES if a not in f.attrs]
+    if missing:
+        raise DataSetError(
+            f"{path} is an HDF5 file but not a SmartLab data set (it has no "
+            f"{', '.join(missing)}); {_make_one(name)}"
+        )
+    return SimulatedSet.load(path)
+
+
+def _check_case(name: str, data: SimulatedSet, source: str) -> None:
+    """Refuse ``data`` of another instrument than the one model ``name`` reads."""
+    case = task_named(name).case
+    if data.case != case:
+        raise DataSetError(
+            f"{source} holds {data.case!r} data (inputs: {', '.join(data.inputs) or 'none'}); "
+            f"{name} is trained on {case!r} data: {_make_one(name)}"
+        )
+
+
+def _make_one(name: str) -> str:
+    case = task_named(name).case
+    return f"make one with `smartlab simulate {case} --n 50 --out {case}.h5`"
+
+
+def _examples(task: Task, data: SimulatedSet, source: str) -> Split:
+    """The task's inputs and targets from ``data``, naming a field the data lack."""
+    try:
+        return task.from_set(data)
+    except KeyError as exc:
+        field = exc.args[0] if exc.args else None
+        if not isinstance(field, str) or field in {*data.inputs, *data.labels, *data.coords}:
+            raise  # not a field missing from the data: a bug, with its traceback
+        raise DataSetError(
+            f"{source} has no field {field!r}, which {task.name} needs; "
+            f"{_make_one(task.name)} (or lay out measured examples the same way)"
+        ) from None
+
+
 def finetune(
     name: str,
     data: SimulatedSet,
@@ -40,10 +121,21 @@ def finetune(
     data_label: str = "",
     progress: bool = True,
 ) -> ModelCard:
-    """Fine-tune model ``name`` on ``data``; write ``out/<name>.pt`` and its card."""
+    """Fine-tune model ``name`` on ``data``; write ``out/<name>.pt`` and its card.
+
+    Raises :class:`DataSetError` if ``data`` are another instrument's, lack a
+    field the model reads, or are too few to hold some out for validation.
+    """
+    source = data_label or "the data set"
+    _check_case(name, data, source)
     task = task_named(name)
     base = load_model(name, base_dir, device="cpu")
-    train, val, _ = split_by_seed(task.from_set(data), FINETUNE_CONFIG.fractions, seed)
+    train, val, _ = split_by_seed(_examples(task, data, source), FINETUNE_CONFIG.fractions, seed)
+    if not len(train) or not len(val):
+        raise DataSetError(
+            f"{source} holds {len(data)} example(s): too few to train on some and hold others "
+            "out for validation; 10 to 100 are typical"
+        )
     net = base.net
     for parameter in net.features.parameters():
         parameter.requires_grad_(False)
@@ -76,7 +168,7 @@ def finetune(
             "data": {
                 "source": data_label,
                 "case": data.case,
-                "seed": data.seed,
+                "generator_seed": data.seed,  # as in a trained card: `smartlab evaluate` avoids it
                 "n": len(data),
                 "sizes": {"train": len(train), "validation": len(val)},
                 "generator_config": data.config,

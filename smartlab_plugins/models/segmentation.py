@@ -1,7 +1,8 @@
 """``micrograph_unet``: per-pixel phase maps and phase area fractions of SEM micrographs.
 
-The network is a small U-Net (three resolution levels, 16/32/64 feature maps,
-two 3x3 convolutions with batch norm and ReLU per level, skip connections):
+The network is a small U-Net, :class:`~smartlab_plugins.models.nets.MicrographUNet`
+(three resolution levels, 16/32/64 feature maps, two 3x3 convolutions with
+batch norm and ReLU per level, skip connections):
 pearlite is told from ferrite and grain-boundary films from particles by their
 texture and shape over a few micrometres, which the encoder's 50-pixel
 receptive field sees, while the decoder's skips keep the one-pixel edges that
@@ -35,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
-from smartlab_plugins.models.nets import ARCHITECTURES
 from smartlab_plugins.models.training import Split
 
 if TYPE_CHECKING:
@@ -96,72 +96,6 @@ def preprocess(frames: np.ndarray) -> np.ndarray:
     """
     frames = np.asarray(frames, dtype=np.float32)
     return ((frames - INPUT_OFFSET) / INPUT_SCALE)[:, None]
-
-
-def double_conv(channels_in: int, channels_out: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each followed by batch norm and ReLU; the size is kept."""
-    return nn.Sequential(
-        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class UNetFeatures(nn.Module):
-    """U-Net encoder and decoder: (n, 1, H, W) to ``width`` feature maps (n, width, H, W).
-
-    ``levels`` resolutions with ``width * 2**level`` channels; max pooling down,
-    2x2 transposed convolutions up, the encoder's maps concatenated at each
-    level. H and W must be multiples of ``2 ** (levels - 1)``.
-    """
-
-    def __init__(self, width: int = 16, levels: int = 3) -> None:
-        super().__init__()
-        widths = [width * 2**level for level in range(levels)]
-        self.encode = nn.ModuleList(
-            double_conv(1 if level == 0 else widths[level - 1], widths[level])
-            for level in range(levels)
-        )
-        self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2)
-            for level in reversed(range(levels - 1))
-        )
-        self.decode = nn.ModuleList(
-            double_conv(2 * widths[level], widths[level]) for level in reversed(range(levels - 1))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for level, block in enumerate(self.encode):
-            x = block(self.pool(x) if level else x)
-            skips.append(x)
-        for up, block, skip in zip(self.up, self.decode, reversed(skips[:-1]), strict=True):
-            x = block(torch.cat([up(x), skip], dim=1))
-        return x
-
-
-class MicrographUNet(nn.Module):
-    """SEM frame (n, 1, H, W) to per-pixel phase logits (n, n_classes, H, W).
-
-    ``features`` is the U-Net, ``head`` a 1x1 convolution to the classes (the
-    split ``smartlab finetune`` relies on: it retrains the head only).
-    """
-
-    def __init__(self, n_classes: int = 4, width: int = 16, levels: int = 3) -> None:
-        super().__init__()
-        self.factor = 2 ** (levels - 1)
-        self.features = UNetFeatures(width, levels)
-        self.head = nn.Conv2d(width, n_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-ARCHITECTURES.setdefault("MicrographUNet", MicrographUNet)
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,10 @@ def load_model(name: str, directory: Path | None = None, device: str | None = No
     directory = Path(directory or model_dir(name))
     card = card_of(name, directory)
     if card is None:
+        out = "" if directory == shipped_dir() else f" --out {directory}"
         raise ModelIntegrityError(
             f"{name}: no model card {name}.json in {directory}; "
-            f"train one with `smartlab train {name}`"
+            f"train one with `smartlab train {name}{out}`"
         )
     return _load(card, directory, device)
 

@@ -7,9 +7,10 @@ encoder reduces each preprocessed frame (log1p, z-score per frame, 2-channel
 means) to 32 features ``f_t``; an LSTM reads ``[f_t, f_t - f_0]`` (the frame
 and its change since the run's first frame) and a linear head gives the logit
 of ``p_transition``, the probability that the sample has left the phase it
-started in. :meth:`TransitionNet.forward` takes whole ramps (training);
-:meth:`TransitionNet.step` takes one frame and the carried state (the live
-plugin); both give the same numbers.
+started in. The network, :class:`~smartlab_plugins.models.nets.TransitionNet`
+(in ``nets`` with the others, so a card rebuilds it anywhere), takes whole
+ramps in ``forward`` (training) and one frame and the carried state in
+``step`` (the live plugin); both give the same numbers.
 
 The flag rule (:func:`first_flags`) raises the flag at the first frame where
 ``p_transition >= threshold`` for ``consecutive`` frames in a row; the
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet
-from smartlab_plugins.models.nets import ARCHITECTURES
+from smartlab_plugins.models.nets import State
 from smartlab_plugins.models.training import Split
 
 if TYPE_CHECKING:
@@ -66,8 +67,6 @@ PRESENCE_Z = 8.0  # the superlattice line counts as present above this z
 SUPERLATTICE_WINDOW = (18.7, 19.7)  # degrees 2theta: the (1/2 1/2 1/2) line over all lattices
 SUPERLATTICE_SIDES = ((17.6, 18.4), (20.0, 20.8))
 
-State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
 
 def preprocess(frames: np.ndarray) -> np.ndarray:
     """Patterns (..., 512) counts to network input (..., 256).
@@ -82,72 +81,6 @@ def preprocess(frames: np.ndarray) -> np.ndarray:
     x = np.log1p(np.clip(frames, 0.0, None))
     x = (x - x.mean(axis=-1, keepdims=True)) / (x.std(axis=-1, keepdims=True) + 1e-6)
     return x.reshape(*x.shape[:-1], INPUT_POINTS, POOL).mean(axis=-1).astype(np.float32)
-
-
-class TransitionNet(nn.Module):
-    """Per-frame 1-D conv encoder, then an LSTM over the frames: one logit per frame.
-
-    Input: (batch, frames, points) preprocessed patterns. Output: (batch,
-    frames) logits of ``p_transition``. Causal: the output at frame ``t``
-    depends on frames ``0..t`` only. The recurrence always runs in float32
-    (autocast disabled around it), so under CUDA bfloat16 autocast only the
-    encoder runs in bfloat16 and the carried state keeps full precision.
-    """
-
-    def __init__(
-        self, points: int = INPUT_POINTS, channels: int = 8, features: int = 32, hidden: int = 32
-    ) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv1d(1, channels, kernel_size=7, padding=3),
-            nn.ReLU(),
-            nn.MaxPool1d(4),
-            nn.Conv1d(channels, 2 * channels, kernel_size=5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool1d(4),
-            nn.Flatten(),
-            nn.Linear(2 * channels * (points // 16), features),
-            nn.ReLU(),
-        )
-        self.lstm = nn.LSTM(2 * features, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, 1)
-
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Features (..., features) of preprocessed frames (..., points)."""
-        flat = self.encoder(frames.reshape(-1, 1, frames.shape[-1]))
-        return flat.reshape(*frames.shape[:-1], -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, frames) for whole ramps (batch, frames, points)."""
-        features = self.encode(x).float()
-        logits, _ = self._recur(features, features[:, :1], None)
-        return logits
-
-    def step(self, frame: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits (batch,) of one frame (batch, points) and the state to carry to the next.
-
-        ``state`` is None for a run's first frame, then what the previous call
-        returned: the LSTM's hidden and cell states and the first frame's features.
-        """
-        features = self.encode(frame)[:, None].float()
-        reference = features if state is None else state[2]
-        hidden = None if state is None else (state[0], state[1])
-        logits, (h, c) = self._recur(features, reference, hidden)
-        return logits[:, 0], (h, c, reference)
-
-    def _recur(
-        self,
-        features: torch.Tensor,
-        reference: torch.Tensor,
-        hidden: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        inputs = torch.cat([features, features - reference], dim=-1)
-        with torch.autocast(device_type=inputs.device.type, enabled=False):
-            out, hidden = self.lstm(inputs, hidden)
-            return self.head(out).squeeze(-1), hidden
-
-
-ARCHITECTURES["TransitionNet"] = TransitionNet  # rebuilt from model cards by nets.build
 
 
 def probabilities(logits: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import h5py
 import numpy as np
+import pytest
 
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.devices.ins import SpinWaveConfig
-from smartlab_plugins.models.finetune import finetune, score
+from smartlab_plugins.models.finetune import DataSetError, finetune, load_examples, score
 from smartlab_plugins.models.spinwave import SpinWaveTask
 from smartlab_plugins.models.store import card_of
 from smartlab_plugins.simulate import simulate_case
@@ -69,3 +71,44 @@ def test_the_command_line_writes_a_shifted_set_and_tunes_on_it(tmp_path):
     assert (tmp_path / "tuned" / "spinwave_cnn.json").exists()
     wrong = cli("simulate", "ins", "--n", "2", "--out", str(data), "--set", "resolution=1")
     assert wrong.returncode == 2 and "SpinWaveConfig has no setting 'resolution'" in wrong.stderr
+
+
+def test_a_set_of_another_instrument_is_refused_before_training(tmp_path):
+    mpb = simulate_case("mpb", 2, seed=1, progress=False)
+    with pytest.raises(DataSetError) as refused:
+        finetune("spinwave_cnn", mpb, tmp_path, progress=False, data_label="mpb.h5")
+    assert str(refused.value) == (
+        "mpb.h5 holds 'mpb' data (inputs: mpb_image); spinwave_cnn is trained on 'ins' data: "
+        "make one with `smartlab simulate ins --n 50 --out ins.h5`"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_set_without_a_field_the_model_reads_names_the_field(tmp_path):
+    made = simulate_case("ins", 4, seed=1, progress=False)
+    made.inputs = {"counts": made.inputs["sqw"]}
+    with pytest.raises(DataSetError, match=r"measured\.h5 has no field 'sqw', which spinwave_cnn"):
+        finetune("spinwave_cnn", made, tmp_path, progress=False, data_label="measured.h5")
+
+
+def test_too_few_examples_to_validate_on_are_refused(tmp_path):
+    two = simulate_case("ins", 2, seed=1, progress=False)
+    with pytest.raises(DataSetError, match=r"holds 2 example.*too few .* 10 to 100 are typical"):
+        finetune("spinwave_cnn", two, tmp_path, progress=False)
+
+
+def test_files_that_are_no_data_set_are_refused_with_what_they_are(tmp_path):
+    with pytest.raises(DataSetError, match="no such file; make one with `smartlab simulate"):
+        load_examples(tmp_path / "missing.h5", "phase_cnn")
+    with pytest.raises(DataSetError, match="is a folder"):
+        load_examples(tmp_path, "phase_cnn")
+    (tmp_path / "table.csv").write_text("phase\n1\n")
+    with pytest.raises(DataSetError, match=r"table\.csv is not an HDF5 file"):
+        load_examples(tmp_path / "table.csv", "phase_cnn")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_group("inputs")
+        f.attrs["case"] = "mpb"
+    with pytest.raises(DataSetError, match=r"not a SmartLab data set .*no group 'labels'"):
+        load_examples(tmp_path / "other.h5", "phase_cnn")
+    simulate_case("mpb", 2, seed=1, progress=False).save(tmp_path / "mpb.h5")
+    assert len(load_examples(tmp_path / "mpb.h5", "phase_cnn")) == 2

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,8 +61,37 @@ def test_a_pickled_object_is_refused_even_with_a_matching_hash(model_copy):
 
 
 def test_a_missing_model_says_how_to_train_one(tmp_path):
-    with pytest.raises(ModelIntegrityError, match="smartlab train nothing"):
+    with pytest.raises(ModelIntegrityError, match=f"smartlab train nothing --out {tmp_path}"):
         load_model("nothing", tmp_path)
+
+
+def test_every_shipped_model_loads_in_a_fresh_process_with_no_task_module_imported():
+    """A card's network is rebuilt from ``nets`` alone: loading must not depend on what else
+    the process happened to import first (``smartlab evaluate micrograph_unet`` once failed
+    with 'MicrographUNet' because only the task module registered that network)."""
+    code = (
+        "import sys\n"
+        "from smartlab_plugins.models.store import load_model\n"
+        f"for name in {SHIPPED!r}:\n"
+        "    load_model(name, device='cpu')\n"
+        "tasks = ('spinwave', 'phase', 'transition', 'segmentation')\n"
+        "print([t for t in tasks if f'smartlab_plugins.models.{t}' in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_card_naming_an_unknown_network_is_refused_by_name(model_copy):
+    directory, _ = model_copy
+    path = directory / "spinwave_cnn.json"
+    data = json.loads(path.read_text())
+    data["architecture"]["class"] = "SpinWaveTransformer"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelIntegrityError, match="names the network 'SpinWaveTransformer'"):
+        load_model("spinwave_cnn", directory)
 
 
 class _Payload:

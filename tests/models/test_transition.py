@@ -11,11 +11,11 @@ import torch
 from smartlab_plugins.models import transition
 from smartlab_plugins.models.cards import ModelCard
 from smartlab_plugins.models.evaluate import evaluate
+from smartlab_plugins.models.nets import TransitionNet
 from smartlab_plugins.models.store import load_model
 from smartlab_plugins.models.training import TrainingConfig, train_model
 from smartlab_plugins.models.transition import (
     FlagRule,
-    TransitionNet,
     TransitionTask,
     cusum_flags,
     first_flags,
