@@ -12,6 +12,7 @@ order, on one thread for the whole run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -20,10 +21,29 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_frames() -> dict[int, Any]:
+    """``sys._current_frames()``, with the garbage collector held off while it runs.
+
+    CPython 3.11 builds that dict while holding the interpreter's thread-list
+    lock; an allocation there may start a collection whose finalizers need that
+    lock again (a ``threading.local`` being cleared, say), and the thread deadlocks
+    (CPython gh-106883, fixed in 3.11.9; the machines here run 3.11.7). Seen here: the
+    watchdog asking where a hung plugin was stuck never returned, and nor did the test.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def format_frames(frames: traceback.StackSummary) -> str:
@@ -152,7 +172,7 @@ class Lane:
 
     def stack(self, limit: int = 4) -> str:
         """Where the lane's thread is now, innermost frames last (for a hung call)."""
-        frame = sys._current_frames().get(self._thread.ident)
+        frame = current_frames().get(self._thread.ident)
         if frame is None:
             return ""
         return format_frames(traceback.extract_stack(frame)[-limit:])
