@@ -19,15 +19,18 @@ import logging
 import reprlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, Protocol
 
 import jsonschema
 import numpy as np
-from bluesky_tiled_plugins.writing.consolidators import ConsolidatorBase, consolidator_factory
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 from event_model import DocumentNames, DocumentRouter, schema_validators
+
+from .external import ExternalDataRefused, ReadPolicy, declared_dtype
+from .external_fields import ExternalFields
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ PARENT_NAMES = ("descriptor", "resource", "stream_resource")
 #: The longest reason a problem carries: a hostile document must not make a huge message.
 MAX_REASON = 500
 INT64 = (-(2**63), 2**63 - 1)
+#: Seconds a run's stop document waits for frames a datum announced but the file lacks yet.
+STOP_WAIT = 5.0
 #: Runs open at once before the oldest is closed: a start whose stop never comes must not
 #: hold its run's state for the rest of the session (a RunEngine has one or two open).
 MAX_OPEN_RUNS = 64
@@ -66,6 +71,8 @@ class DocumentProblem:
     run_uid: str | None = None
     stream: str | None = None
     seq_num: int | None = None
+    #: Events this problem cost whole (0 when only a field of them was lost, or none).
+    events: int = 0
 
     def __str__(self) -> str:
         where = []
@@ -115,14 +122,24 @@ class BatchAssembler:
         max_batch: int = 256,
         on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
         max_open_runs: int = MAX_OPEN_RUNS,
+        policy: ReadPolicy | None = None,
+        stop_wait: float = STOP_WAIT,
     ) -> None:
         """``on_normalized``, if given, also gets every normalized document (e.g. a TiledWriter).
+
+        Detector files are read, and passed on to ``on_normalized``, only as
+        ``policy`` allows (default: the open in-process policy, see
+        :class:`~.external.ReadPolicy`); the stream resources it refuses are
+        not passed on. At a run's stop document, frames a datum announced but
+        the file does not hold yet are waited for, for at most ``stop_wait`` s.
 
         When a start document would open more than ``max_open_runs`` runs, the
         oldest open run is reported and closed as aborted, so memory stays
         bounded however many stop documents are lost.
         """
         self._sink = sink
+        self.policy = policy or ReadPolicy()
+        self._stop_wait = stop_wait
         self._on_normalized = on_normalized
         self._max_batch = max_batch
         self._max_open_runs = max_open_runs
@@ -137,7 +154,10 @@ class BatchAssembler:
         except _Rejected as rejected:
             self._sink.reject(rejected.problem)
         except Exception as exc:  # anything else a malformed document can provoke
-            self._sink.reject(self._problem(name, doc, _reason(exc)))
+            problem = self._problem(name, doc, _reason(exc))
+            if name == "event":
+                problem = replace(problem, events=1)
+            self._sink.reject(problem)
 
     def flush(self) -> None:
         """Hand every complete pending event to the sink as batches; never raises."""
@@ -202,10 +222,10 @@ class BatchAssembler:
             raise _Rejected(DocumentProblem("start", "a run with this uid is already open", uid))
         while len(self._runs) >= self._max_open_runs:
             self._evict(next(iter(self._runs)), uid)
-        run = _RunAssembler(uid, self._sink, self._max_batch)
+        run = _RunAssembler(uid, self._sink, self._max_batch, self.policy, self._stop_wait)
         normalizer = _Normalizer()
         if self._on_normalized is not None:  # first, so it gets documents the run refuses too
-            normalizer.subscribe(self._on_normalized)
+            normalizer.subscribe(_RawRunFilter(uid, self.policy, self._on_normalized))
         normalizer.subscribe(run)
         self._runs[uid] = run
         self._normalizers[uid] = normalizer
@@ -291,6 +311,52 @@ class BatchAssembler:
         return DocumentProblem(label, _clip(reason), run_uid, stream, seq_num)
 
 
+class _RawRunFilter:
+    """The normalized documents of one run as the raw-run writer may have them.
+
+    ``RunNormalizer`` drops ``run_start`` from the stream resources it makes
+    (TiledWriter's run router needs it: without it every file-backed field of
+    the run is lost), and Tiled's own readable-area check does not resolve
+    symlinks or ``..``. So each stream resource gets its run back and its URI
+    resolved, and one the policy refuses (place, or declared size over the
+    budget) is not passed on, nor its datums (the assembler reports why).
+    """
+
+    def __init__(
+        self,
+        run_uid: str,
+        policy: ReadPolicy,
+        forward: Callable[[str, Mapping[str, Any]], None],
+    ) -> None:
+        self._run_uid = run_uid
+        self._policy = policy
+        self._forward = forward
+        self._refused: set[str] = set()
+        self._data_keys: dict[str, Mapping[str, Any]] = {}
+
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
+        if name == "descriptor":
+            self._data_keys.update(doc.get("data_keys", {}))
+        elif name == "stream_resource":
+            try:
+                path = self._checked(doc)
+            except (ExternalDataRefused, KeyError, TypeError, ValueError):
+                self._refused.add(doc.get("uid"))
+                return
+            doc = {**doc, "run_start": self._run_uid, "uri": path.as_uri()}
+        elif name == "stream_datum" and doc.get("stream_resource") in self._refused:
+            return
+        self._forward(name, doc)
+
+    def _checked(self, doc: Mapping[str, Any]) -> Path:
+        field = doc["data_key"]
+        path = self._policy.check_path(doc["uri"], field)
+        key = self._data_keys.get(field, {})
+        shape = [int(s) for s in key.get("shape") or () if s is not None]
+        self._policy.check_budget(field, shape, declared_dtype(key))
+        return path
+
+
 class _Normalizer(RunNormalizer):
     """``RunNormalizer`` that does not validate events a second time.
 
@@ -369,17 +435,22 @@ class _Stream:
 class _RunAssembler(DocumentRouter):
     """One run's normalized documents, assembled into batches per stream."""
 
-    def __init__(self, run_uid: str, sink: BatchSink, max_batch: int) -> None:
+    def __init__(
+        self,
+        run_uid: str,
+        sink: BatchSink,
+        max_batch: int,
+        policy: ReadPolicy | None = None,
+        stop_wait: float = 0.0,
+    ) -> None:
         super().__init__()
         self.run_uid = run_uid
         self.streams: dict[str, str] = {}  # descriptor uid -> stream name
         self._sink = sink
         self._max_batch = max_batch
+        self._stop_wait = stop_wait
         self._descriptors: dict[str, _Stream] = {}
-        self._resources: dict[str, Mapping[str, Any]] = {}
-        self._consolidators: dict[str, ConsolidatorBase] = {}
-        self._available: dict[tuple[str, str], set[int]] = {}
-        self._locations: dict[tuple[str, str], str] = {}  # (descriptor, field) -> resource
+        self._external = ExternalFields(policy or ReadPolicy())
         self.stopped = False
 
     def start(self, doc):
@@ -409,56 +480,49 @@ class _RunAssembler(DocumentRouter):
             self._flush_stream(doc["descriptor"], stream)
 
     def stream_resource(self, doc):
-        self._resources[doc["uid"]] = doc
+        self._external.add_resource(doc)
 
     def stream_datum(self, doc):
         sres_uid = doc["stream_resource"]
-        consolidator = self._consolidators.get(sres_uid)
-        if consolidator is None:
-            if sres_uid not in self._resources:
-                raise _Rejected(
-                    DocumentProblem(
-                        "stream_datum",
-                        f"refers to unknown stream_resource {sres_uid!r}",
-                        self.run_uid,
-                    )
+        if not self._external.knows_resource(sres_uid):
+            raise _Rejected(
+                DocumentProblem(
+                    "stream_datum",
+                    f"refers to unknown stream_resource {_short(sres_uid)}",
+                    self.run_uid,
                 )
-            descriptor = self._descriptors[doc["descriptor"]].descriptor
-            consolidator = consolidator_factory(self._resources[sres_uid], descriptor)
-            self._consolidators[sres_uid] = consolidator
-        consolidator.consume_stream_datum(doc)
-        key = (doc["descriptor"], consolidator.data_key)
-        seq = doc["seq_nums"]
-        self._available.setdefault(key, set()).update(range(seq["start"], seq["stop"]))
-        self._locations[key] = sres_uid
+            )
+        stream = self._descriptors[doc["descriptor"]]
+        refused = self._external.add_datum(doc, stream.descriptor)
+        if refused is not None:
+            self._sink.reject(
+                DocumentProblem("stream_resource", _clip(refused), self.run_uid, stream.name)
+            )
 
     def stop(self, doc):
+        """Hand on what is complete, waiting (bounded) for frames still being written."""
         self.stopped = True
-        self.flush()
-        for stream in self._descriptors.values():
-            for row in stream.pending:
-                missing = [k for k in stream.external if k not in row.data]
-                self._sink.reject(
-                    DocumentProblem(
-                        "event",
-                        f"no external data arrived for field(s) {missing} before the stop document",
-                        self.run_uid,
-                        stream.name,
-                        row.seq_num,
-                    )
-                )
-            stream.pending.clear()
+        deadline = time.monotonic() + self._stop_wait
+        while self.flush() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for desc_uid, stream in self._descriptors.items():
+            self._flush_stream(desc_uid, stream, final=True)
         self._sink.close_run(doc)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Hand on what is complete; True if some event waits for frames not yet on disk."""
+        waiting = False
         for desc_uid, stream in self._descriptors.items():
-            self._flush_stream(desc_uid, stream)
+            waiting = self._flush_stream(desc_uid, stream) or waiting
+        return waiting
 
     def _check_row(
         self, stream: _Stream, data: dict[str, Any], seq_num: int, time: Any
     ) -> DocumentProblem | None:
         def problem(reason: str) -> DocumentProblem:
-            return DocumentProblem("event", _clip(reason), self.run_uid, stream.name, seq_num)
+            return DocumentProblem(
+                "event", _clip(reason), self.run_uid, stream.name, seq_num, events=1
+            )
 
         if not INT64[0] <= seq_num <= INT64[1]:
             return problem(f"seq_num {_short(seq_num)} does not fit in 64 bits")
@@ -475,62 +539,85 @@ class _RunAssembler(DocumentRouter):
             except (ValueError, TypeError, OverflowError) as exc:
                 return problem(f"field {key!r} is not a regular array: {_reason(exc)}")
             if shape is not None and not _shape_matches(value.shape, shape):
-                return DocumentProblem(
-                    "event",
-                    f"field {key!r} has shape {value.shape}, the descriptor says {shape}",
-                    self.run_uid,
-                    stream.name,
-                    seq_num,
+                return problem(
+                    f"field {key!r} has shape {value.shape}, the descriptor says {shape}"
                 )
             data[key] = value
         return None
 
-    def _flush_stream(self, desc_uid: str, stream: _Stream) -> None:
+    def _flush_stream(self, desc_uid: str, stream: _Stream, final: bool = False) -> bool:
+        """Hand on the leading pending events whose file-backed fields are settled.
+
+        An event waits for a datum of each of its file-backed fields, then for
+        its frames to be on disk; with ``final`` nothing waits any longer, and
+        what never came costs that field only. Returns True if an event waits
+        for frames a datum announced that are not on disk yet.
+        """
         if not stream.pending:
-            return
-        ready = 0
-        for row in stream.pending:
-            if not all(
-                row.seq_num in self._available.get((desc_uid, k), ()) for k in stream.external
-            ):
+            return False
+        ready = len(stream.pending)
+        if not final:
+            ready = next(
+                (
+                    i
+                    for i, row in enumerate(stream.pending)
+                    if not all(
+                        self._external.has_frames(desc_uid, k, row.seq_num) for k in stream.external
+                    )
+                ),
+                ready,
+            )
+        rows = stream.pending[:ready]
+        waiting = False
+        for key in stream.external:
+            if not rows:
                 break
-            ready += 1
-        if not ready:
-            return
-        rows, stream.pending = stream.pending[:ready], stream.pending[ready:]
-        try:
-            for key in stream.external:
-                self._fill(desc_uid, stream, key, rows)
-        except Exception as exc:  # e.g. a detector file that is missing or short
-            self._lost(stream, rows, f"external data could not be read: {_reason(exc)}")
-            return
-        for start in range(0, len(rows), self._max_batch):
-            chunk = rows[start : start + self._max_batch]
+
+            def lost(rows_lost: list[_Row], field: str, reason: str, name: str = stream.name):
+                self._field_lost(name, rows_lost, field, reason)
+
             try:
-                batch = _stack(stream.name, chunk)
-            except Exception as exc:
-                self._lost(stream, chunk, f"could not be stacked: {_reason(exc)}")
-                continue
-            self._sink.add_batch(self.run_uid, batch)
+                rows = rows[: self._external.fill(desc_uid, key, rows, final, lost)]
+                waiting = waiting or self._external.waiting_for_frames
+            except Exception as exc:  # a backstop: a bug here costs this field, not the run
+                lost(rows, key, f"could not be read ({type(exc).__name__})")
+        if not rows:
+            return waiting
+        stream.pending = stream.pending[len(rows) :]
+        for group in _by_fields(rows):
+            for start in range(0, len(group), self._max_batch):
+                chunk = group[start : start + self._max_batch]
+                try:
+                    batch = _stack(stream.name, chunk)
+                except Exception as exc:
+                    self._lost(stream, chunk, f"could not be stacked: {_reason(exc)}")
+                    continue
+                self._sink.add_batch(self.run_uid, batch)
+        return waiting
 
     def _lost(self, stream: _Stream, rows: list[_Row], reason: str) -> None:
         """Report rows that were taken but cannot be handed on (one problem for them all)."""
         first, last = rows[0].seq_num, rows[-1].seq_num
         span = f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
         self._sink.reject(
-            DocumentProblem("event", _clip(f"{span} {reason}"), self.run_uid, stream.name, first)
+            DocumentProblem(
+                "event",
+                _clip(f"{span} {reason}"),
+                self.run_uid,
+                stream.name,
+                first,
+                events=len(rows),
+            )
         )
 
-    def _fill(self, desc_uid: str, stream: _Stream, key: str, rows: list[_Row]) -> None:
-        consolidator = self._consolidators[self._locations[(desc_uid, key)]]
-        indices = [consolidator._seqnums_to_indices_map[row.seq_num] for row in rows]
-        adapter = consolidator.init_adapter()
-        lo, hi = min(indices), max(indices) + 1
-        block = np.asarray(adapter.read(slice=(slice(lo, hi),)))
-        for row, index in zip(rows, indices, strict=True):
-            row.data[key] = block[index - lo]
-        available = self._available[(desc_uid, key)]
-        available.difference_update(row.seq_num for row in rows)
+    def _field_lost(self, stream: str, rows: list[_Row], key: str, reason: str) -> None:
+        """Report a file-backed field that ``rows`` go on without (their other fields stay)."""
+        if not rows:
+            return
+        first, last = rows[0].seq_num, rows[-1].seq_num
+        span = f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
+        message = f"{span}: field {key!r} not read, the events go on without it: {reason}"
+        self._sink.reject(DocumentProblem("event", _clip(message), self.run_uid, stream, first))
 
 
 def _expected_shape(spec: Mapping[str, Any]) -> tuple[int | None, ...] | None:
@@ -546,6 +633,17 @@ def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...]) ->
     if len(actual) != len(expected):
         return False
     return all(e is None or a == e for a, e in zip(actual, expected, strict=True))
+
+
+def _by_fields(rows: list[_Row]) -> list[list[_Row]]:
+    """Consecutive rows with the same fields (a lost file-backed field splits them)."""
+    groups: list[list[_Row]] = []
+    for row in rows:
+        if groups and groups[-1][0].data.keys() == row.data.keys():
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def _stack(stream: str, rows: list[_Row]) -> RawBatch:

@@ -100,6 +100,14 @@ class SmartLab:
         for a local cluster of N processes, to analyse stateless plugins' batches on
         (:mod:`smartlab_plugins.compute`); default ``SMARTLAB_COMPUTE``, else none: all
         analysis in the worker.
+    data_roots
+        Folders under which detector files named by the documents may be read (paths
+        resolved first: symlinks and ``..`` cannot leave them); default
+        ``SMARTLAB_DATA_ROOTS``, else any folder but a Tiled server's own: the documents
+        come from this session's RunEngine. See ``docs/reliability.md``.
+    max_event_bytes
+        Largest declared size of one event's file-backed data; larger is refused unread
+        (default 256 MiB).
     """
 
     def __init__(
@@ -120,6 +128,8 @@ class SmartLab:
         linger: float = 0.02,
         spool_dir: str | Path | None = None,
         compute: str | None = None,
+        data_roots: Iterable[str | Path] | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
@@ -144,6 +154,12 @@ class SmartLab:
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
             compute=compute or settings.compute(),
+            data_roots=(
+                [str(root) for root in data_roots]
+                if data_roots is not None
+                else settings.data_roots()
+            ),
+            max_event_bytes=max_event_bytes,
         )
         self._spill_dir = Path(config.spool_dir)
         self._backpressure = backpressure

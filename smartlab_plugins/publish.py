@@ -623,7 +623,8 @@ class RawRunWriter:
     not twice). While Tiled is unreachable the document is retried with
     backoff and the next ones wait in memory (up to ``max_pending``); a 5xx
     answer is retried three times. Other failures are logged, rate-limited,
-    and never stop the analysis.
+    and never stop the analysis; each is counted, in all (``failures``) and
+    per run (:meth:`run_failures`), so the run's analyses and summary say so.
     """
 
     def __init__(
@@ -638,15 +639,61 @@ class RawRunWriter:
         self._backoff = Backoff(retry_initial, retry_max, server_error_attempts=3)
         self._giving_up = threading.Event()
         self.failures = 0
+        self._run_of_descriptor: dict[str, str] = {}
+        self._failures_by_run: dict[str, int] = {}
+        self._finished: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="smartlab-raw-writer", daemon=True)
         self._thread.start()
 
     def put(self, name: str, doc: Any) -> None:
+        run_uid = self._note(name, doc)
         try:
             self._docs.put_nowait((name, doc))
         except queue.Full:
-            self.failures += 1
+            self._count(run_uid)
             logger.error("raw run writer queue full: a %s document was not written to Tiled", name)
+            if name == "stop":
+                self._finished_event(run_uid).set()
+
+    def run_failures(self, run_uid: str, timeout: float = 0.0) -> tuple[int, bool]:
+        """Documents of the run that could not be written, and whether its stop was handled.
+
+        Waits up to ``timeout`` seconds for the writer to reach the run's stop
+        document; a count with ``False`` may still grow.
+        """
+        done = self._finished_event(run_uid).wait(timeout)
+        with self._lock:
+            failures = self._failures_by_run.get(run_uid, 0)
+            if done:
+                self._failures_by_run.pop(run_uid, None)
+                self._finished.pop(run_uid, None)
+        return failures, done
+
+    def _note(self, name: str, doc: Any) -> str | None:
+        """The run a document belongs to (remembering descriptors), or None if unknown."""
+        try:
+            if name == "start":
+                return doc["uid"]
+            if name == "descriptor":
+                self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+            if name in ("descriptor", "stop", "stream_resource"):
+                return doc["run_start"]
+            if name in ("event", "event_page", "stream_datum"):
+                return self._run_of_descriptor.get(doc["descriptor"])
+        except (KeyError, TypeError):
+            pass
+        return None
+
+    def _count(self, run_uid: str | None) -> None:
+        with self._lock:
+            self.failures += 1
+            if run_uid is not None:
+                self._failures_by_run[run_uid] = self._failures_by_run.get(run_uid, 0) + 1
+
+    def _finished_event(self, run_uid: str | None) -> threading.Event:
+        with self._lock:
+            return self._finished.setdefault(run_uid, threading.Event())
 
     def flush(self, timeout: float | None = None) -> bool:
         done = threading.Event()
@@ -691,13 +738,21 @@ class RawRunWriter:
                             )
                         self._giving_up.wait(delay)
                         continue
-                    self._failed(name, exc)
+                    self._failed(name, doc, exc)
                 else:
                     self._backoff.succeeded()
                 break
+            if name == "stop":
+                run_uid = self._note(name, doc)
+                self._finished_event(run_uid).set()
+                self._forget_descriptors(run_uid)
 
-    def _failed(self, name: str, exc: Exception) -> None:
-        self.failures += 1
+    def _forget_descriptors(self, run_uid: str | None) -> None:
+        for uid in [d for d, run in self._run_of_descriptor.items() if run == run_uid]:
+            del self._run_of_descriptor[uid]
+
+    def _failed(self, name: str, doc: Any, exc: Exception) -> None:
+        self._count(self._note(name, doc))
         if self.failures == 1 or self.failures % 100 == 0:
             logger.error(
                 "could not write a raw %s document to Tiled (%d failures so far): %s: %s",

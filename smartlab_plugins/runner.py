@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from smartlab_plugins.callbacks.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.manager import PluginManager, from_reference
 from smartlab_plugins.publish import Publisher, RawRunWriter
@@ -66,6 +67,10 @@ class WorkerConfig:
     spool_dir: str | None = None
     #: Dask scheduler (or ``local[:N]``) for stateless plugins' batches; None: analyse here.
     compute: str | None = None
+    #: Folders detector files may be read from; None: any but a Tiled server's own folder.
+    data_roots: list[str] | None = None
+    #: Largest declared size of one event's file-backed data; None: the default budget.
+    max_event_bytes: int | None = None
 
 
 class Session:
@@ -104,6 +109,8 @@ class Session:
             annotations=config.annotations,
             on_normalized=self.raw.put if self.raw is not None else None,
             compute=self.compute,
+            policy=ReadPolicy.build(config.data_roots, config.max_event_bytes),
+            raw=self.raw,
         )
 
     def ship(self, shipment: Shipment) -> list[dict[str, Any]]:

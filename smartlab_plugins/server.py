@@ -6,7 +6,8 @@ A writable Tiled catalog needs a file store *and* a SQL table store (the
     catalog.db        the catalog (SQLite)
     data/             arrays and tables written as files
     tables.db         SQL tables (SQLite)
-    external/         readable area for detector files (e.g. ophyd's .npy frames)
+    external/         the only area detector files are served from (e.g. ophyd's .npy
+                      frames, areaDetector HDF5): the catalog and key are not readable
     api_key           generated key, mode 0600 (unless SMARTLAB_API_KEY is set)
 
 Given a PostgreSQL database instead (``smartlab serve --catalog``,
@@ -32,8 +33,8 @@ from types import TracebackType
 import httpx
 
 from smartlab_plugins import settings
+from smartlab_plugins.callbacks.external import EXTERNAL_SUBDIR
 
-EXTERNAL_SUBDIR = "external"
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
 
@@ -118,7 +119,7 @@ def build_app(data_dir: Path, api_key: str, public: bool = False, catalog_uri: s
     tree = from_uri(
         catalog,
         writable_storage=writable,
-        readable_storage=[str(data_dir)],
+        readable_storage=[str(paths["external"])],  # never the catalog or the key beside it
         init_if_not_exists=True,
     )
     auth = Authentication(allow_anonymous_access=public, single_user_api_key=api_key)

@@ -23,6 +23,9 @@ the IPython profile) agrees:
     The compute engine for stateless plugins' batches: a Dask scheduler's
     address (``tcp://host:8786``), or ``local[:N]``; unset, they are analysed
     in the worker (see :mod:`smartlab_plugins.compute`).
+``SMARTLAB_DATA_ROOTS``
+    Folders (separated by ``:``, ``os.pathsep``) under which detector files
+    named by documents may be read; see :func:`data_roots`.
 ``SMARTLAB_CONFIG``
     A TOML file of settings, by table: ``[server]`` (``catalog``) here, the
     transport's ``[broker]`` and ``[worker]``. Default ``smartlab.toml`` in
@@ -101,6 +104,19 @@ def tiled_uri() -> str | None:
 def compute() -> str | None:
     """The compute engine named by ``SMARTLAB_COMPUTE``, or None: analyse in the worker."""
     return os.environ.get("SMARTLAB_COMPUTE") or None
+
+
+def data_roots() -> list[str] | None:
+    """The folders named by ``SMARTLAB_DATA_ROOTS``, or None if it is unset.
+
+    Unset, an in-process ``SmartLab`` reads detector files anywhere but a Tiled
+    server's own folder (its documents come from the user's own RunEngine),
+    and ``smartlab worker`` reads none (see ``callbacks/external.py``).
+    """
+    value = os.environ.get("SMARTLAB_DATA_ROOTS")
+    if value is None:
+        return None
+    return [part for part in value.split(os.pathsep) if part]
 
 
 def stored_api_key(data_dir: Path | None = None) -> str | None:

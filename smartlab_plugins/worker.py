@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch, short_uid
+from smartlab_plugins.callbacks.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, Results, RunContext
 from smartlab_plugins.lanes import Lane, format_frames
 from smartlab_plugins.manager import PluginManager, UnknownPluginError
-from smartlab_plugins.publish import ErrorRecord, Publisher
+from smartlab_plugins.publish import ErrorRecord, Publisher, RawRunWriter
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 START_KEY = "smartlab"
 RESERVED_COLUMNS = frozenset({"seq_num", "time"})
+#: Seconds a run's close waits for the raw-run writer to reach its stop document.
+RAW_WAIT = 5.0
 NUMERIC_KINDS = frozenset("biuf")
 
 
@@ -77,7 +80,11 @@ class _Analysis:
     context: RunContext
     key: str | None = None  # set when the plugin first has data in this run
     fields: dict[str, list[str]] = field(default_factory=dict)
+    #: Per stream, fields with a leading frames-per-event axis the plugin sees per frame.
+    framed: dict[str, set[str]] = field(default_factory=dict)
     events: int = 0
+    #: Events of its fields it could not analyse: refused (NaN, ...), failed, or lost.
+    rejected: int = 0
     failures: int = 0
     errors: int = 0
     disabled: bool = False
@@ -94,6 +101,8 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     problems: int = 0
     dropped: int = 0
+    #: Events lost whole before any plugin saw them (malformed, unreadable).
+    lost_events: int = 0
 
     @property
     def active(self) -> list[_Analysis]:
@@ -119,7 +128,12 @@ class Worker:
         max_growth_mb: float = 2048.0,
         backpressure: str = "spill",
         compute: DaskEngine | None = None,
+        policy: ReadPolicy | None = None,
+        raw: RawRunWriter | None = None,
     ) -> None:
+        """``policy`` decides which detector files may be read (default: the open
+        in-process policy); ``raw``, the raw-run writer, is asked for each run's
+        write failures when the run closes."""
         self.plugins = plugins
         self.publisher = publisher
         self.enabled: list[str] = (
@@ -134,7 +148,10 @@ class Worker:
         self.compute = compute
         self.mode = mode
         self.annotations = dict(annotations or {})
-        self._assembler = BatchAssembler(self, max_batch=max_batch, on_normalized=on_normalized)
+        self.raw = raw
+        self._assembler = BatchAssembler(
+            self, max_batch=max_batch, on_normalized=on_normalized, policy=policy
+        )
         self._runs: dict[str, _Run] = {}
         self._dropped: dict[str, int] = {}
         self.summaries: list[dict[str, Any]] = []
@@ -191,6 +208,8 @@ class Worker:
             "open_runs": list(self._runs),
             "enabled": list(self.enabled),
             "publisher": self.publisher.stats(),
+            "raw_failures": self.raw.failures if self.raw is not None else 0,
+            "data_roots": self._assembler.policy.describe(),
         }
 
     # -- BatchSink ---------------------------------------------------------
@@ -215,6 +234,7 @@ class Worker:
             analysis.context.descriptors[stream] = descriptor
             selected, problems = select_fields(analysis.info.accepts, stream, descriptor)
             analysis.fields[stream] = selected
+            analysis.framed[stream] = framed_fields(analysis.info.accepts, descriptor, selected)
             if (selected or problems) and analysis.key is None:
                 self._activate(run, analysis)
             for problem in problems:
@@ -264,6 +284,9 @@ class Worker:
         for analysis in run.analyses:
             names = analysis.fields.get(raw.stream)
             if analysis.disabled or not names:
+                continue
+            if any(name not in raw.data for name in names):  # a file-backed field was lost
+                analysis.rejected += len(raw)
                 continue
             batch = self._checked_batch(run, analysis, raw, names)
             if batch is not None and len(batch):
@@ -369,10 +392,15 @@ class Worker:
         run.dropped = self._dropped.pop(run.uid, 0)
         status_of_run = stop.get("exit_status", "success")
         self._finish_lanes(run, stop)
+        raw_failures, raw_done = (
+            self.raw.run_failures(run.uid, RAW_WAIT) if self.raw is not None else (0, True)
+        )
         for analysis in run.active:
-            status = "disabled" if analysis.disabled else "complete"
-            metadata = self._closing_metadata(run, analysis, status)
+            metadata = self._closing_metadata(run, analysis, _status(run, analysis))
             metadata["run_exit_status"] = status_of_run
+            metadata["raw_failures"] = raw_failures
+            if not raw_done:
+                metadata["raw_pending"] = True
             if analysis.summary is not None:
                 metadata["summary"] = analysis.summary
             self.publisher.close_analysis(analysis.key, metadata)
@@ -381,10 +409,14 @@ class Worker:
             "exit_status": status_of_run,
             "dropped": run.dropped,
             "rejected_documents": run.problems,
+            "lost_events": run.lost_events,
+            "raw_failures": raw_failures,
             "plugins": {
                 a.plugin: {
                     "key": a.key,
+                    "status": _status(run, a),
                     "events": a.events,
+                    "rejected": a.rejected,
                     "errors": a.errors,
                     "disabled": a.disabled,
                     "skipped": a.skipped,
@@ -445,6 +477,7 @@ class Worker:
             logger.error("%s", problem)
             return
         run.problems += 1
+        run.lost_events += problem.events
         logger.error("run %s: %s", short_uid(run.uid), problem)
         for analysis in run.active:
             record = ErrorRecord(
@@ -508,6 +541,7 @@ class Worker:
                     f"field {name!r} is not numeric (dtype {values.dtype})",
                     stream=raw.stream,
                 )
+                analysis.rejected += len(raw)
                 return None
             if spec.finite:
                 flat = values.reshape(len(values), -1)
@@ -523,14 +557,15 @@ class Worker:
                         seq_num=int(raw.seq_num[i]),
                     )
                 keep &= ~bad
+        analysis.rejected += int((~keep).sum())
         context = {
             k: v
             for k, v in raw.data.items()
             if k not in names and v.ndim == 1 and v.dtype.kind in NUMERIC_KINDS
         }
-        batch = EventBatch(
-            raw.stream, raw.seq_num, raw.time, {n: raw.data[n] for n in names}, context
-        )
+        framed = analysis.framed.get(raw.stream, set())
+        data = {n: per_frame(raw.data[n]) if n in framed else raw.data[n] for n in names}
+        batch = EventBatch(raw.stream, raw.seq_num, raw.time, data, context)
         return batch if keep.all() else batch.take(keep)
 
     def _remote(self, analysis: _Analysis) -> bool:
@@ -569,6 +604,7 @@ class Worker:
                     one = batch.take(slice(i, i + 1))
                     self._analyze(run, analysis, one, self._send(analysis, one))
                 return
+            analysis.rejected += 1
             self._failed(
                 run, analysis, "analyze", exc, stream=batch.stream, seq_num=int(batch.seq_num[0])
             )
@@ -666,6 +702,8 @@ class Worker:
             "status": status,
             "finished": time.time(),
             "events": analysis.events,
+            "rejected": analysis.rejected,
+            "lost": run.lost_events,
             "errors": analysis.errors,
             "dropped": run.dropped,
             "skipped": analysis.skipped,
@@ -723,6 +761,42 @@ def _plugin_options(start: Mapping[str, Any], plugin: str) -> Mapping[str, Any]:
     return chosen if isinstance(chosen, Mapping) else {}
 
 
+def _status(run: _Run, analysis: _Analysis) -> str:
+    """How an analysis ended: ``disabled``, ``partial`` (events it should have analysed
+    and did not: rejected, failed, lost, skipped or dropped; the counts are beside it in
+    the metadata), or ``complete``."""
+    if analysis.disabled:
+        return "disabled"
+    if analysis.rejected or analysis.skipped or run.lost_events or run.dropped:
+        return "partial"
+    return "complete"
+
+
+def framed_fields(spec: DataSpec, descriptor: Mapping[str, Any], selected: list[str]) -> set[str]:
+    """The selected fields a plugin sees one frame at a time (see :func:`per_frame`).
+
+    A file-backed field declared ``[N, *frame]`` whose frame, not the whole,
+    fits the plugin's ``ndims`` (an ophyd-async detector's ``[1, H, W]`` for
+    a plugin of 2-D images).
+    """
+    data_keys = descriptor.get("data_keys", {})
+    framed = set()
+    for name in selected:
+        key = data_keys.get(name, {})
+        shape = tuple(key.get("shape") or ())
+        if "external" in key and len(shape) - 1 in spec.ndims and len(shape) not in spec.ndims:
+            framed.add(name)
+    return framed
+
+
+def per_frame(values: np.ndarray) -> np.ndarray:
+    """A batch of ``[N, *frame]`` events as a plugin of frames sees it: the frame for N = 1,
+    the sum of the N frames (one point's exposures, counts add) for N > 1."""
+    if values.ndim < 2:
+        return values
+    return values[:, 0] if values.shape[1] == 1 else values.sum(axis=1)
+
+
 def select_fields(
     spec: DataSpec, stream: str, descriptor: Mapping[str, Any]
 ) -> tuple[list[str], list[str]]:
@@ -742,7 +816,8 @@ def select_fields(
             continue
         shape = tuple(key.get("shape") or ())
         numeric = key.get("dtype") in ("number", "integer", "array")
-        fits = len(shape) in spec.ndims and (spec.shape is None or shape == tuple(spec.shape))
+        frame = shape[1:] if "external" in key and len(shape) not in spec.ndims else shape
+        fits = len(frame) in spec.ndims and (spec.shape is None or frame == tuple(spec.shape))
         if numeric and fits:
             selected.append(name)
         elif spec.fields:

@@ -29,6 +29,16 @@ def _worker(args: argparse.Namespace) -> int:
             "no Tiled server: pass --tiled, set SMARTLAB_TILED_URI or tiled_uri in [worker]"
         )
     plugins = args.plugins or table.get("plugins")
+    data_roots = args.data_root or settings.data_roots() or table.get("data_roots") or []
+    log = logging.getLogger(__name__)
+    if data_roots:
+        log.info("detector files are read only under: %s", ", ".join(map(str, data_roots)))
+    else:
+        log.warning(
+            "no data roots: this worker reads no detector files (file-backed fields of every "
+            "event are refused) until --data-root, SMARTLAB_DATA_ROOTS or data_roots in "
+            "[worker] names the folders detectors write to"
+        )
     worker_config = WorkerConfig(
         tiled_uri=tiled_uri,
         api_key=settings.api_key(),
@@ -37,6 +47,7 @@ def _worker(args: argparse.Namespace) -> int:
         nice=0,
         spool_dir=str(settings.spool_dir()),
         compute=args.compute or settings.compute() or table.get("compute"),
+        data_roots=[str(root) for root in data_roots],
     )
     worker = BrokerWorker(worker_config, broker, name=args.name or table.get("name"))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -74,6 +85,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="ADDRESS",
         help="Dask scheduler (tcp://host:8786, or local[:N]) for stateless plugins' batches "
         "(default: SMARTLAB_COMPUTE, else compute in [worker], else analyse here)",
+    )
+    worker.add_argument(
+        "--data-root",
+        action="append",
+        metavar="DIR",
+        help="a folder detector files may be read from (repeat for several; default: "
+        "SMARTLAB_DATA_ROOTS, else data_roots in [worker], else none: no file is read, "
+        "since the documents come over the network)",
     )
     worker.add_argument(
         "--no-raw",

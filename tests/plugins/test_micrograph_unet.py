@@ -147,7 +147,8 @@ def test_other_frame_sizes_are_segmented_tiny_and_nan_frames_refused_per_event(
     assert list(errors["stage"]) == ["input"] and list(errors["seq_num"]) == [1]
     assert "NaN" in errors["message"].iloc[0]
     assert list(read_events(nan_analysis)["seq_num"]) == [2]
-    assert nan_analysis.metadata["status"] == "complete"
+    assert nan_analysis.metadata["status"] == "partial"  # one event refused: not complete
+    assert nan_analysis.metadata["rejected"] == 1
 
 
 def run_with_a_nan_frame(smartlab) -> str:

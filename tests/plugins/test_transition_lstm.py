@@ -149,7 +149,8 @@ def test_out_of_order_and_missing_events_are_recorded_and_the_detector_carries_o
     assert "event 3 arrived after event 4" in errors["message"].iloc[0]
     summary = analysis.metadata["summary"]
     assert summary["frames"] == 4 and summary["missing_events"] == 1
-    assert analysis.metadata["status"] == "complete"
+    assert analysis.metadata["status"] == "partial"  # event 3 was refused: not complete
+    assert analysis.metadata["rejected"] == 1
 
 
 def test_a_pattern_of_another_length_is_refused_unless_the_run_asks_to_resample(smartlab, client):
