@@ -27,6 +27,7 @@ SCRIPTS = (
     ("latency", "latency.py"),
     ("scaling", "scaling.py"),
     ("memory", "memory.py"),
+    ("file-backed", "file_backed.py"),
 )
 BENCH_LIMIT_MINUTES = 10
 #: Runs too long for ``make bench``, with targets of their own: shown when their results exist,

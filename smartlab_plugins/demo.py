@@ -8,6 +8,11 @@ phase boundary, an operando temperature ramp through a structural transition,
 an SEM raster of a steel specimen), each with its science plugin live,
 fetches the results back over HTTP and prints them beside the simulators'
 hidden truth, with the snippet that finds them from any other process.
+
+The diffraction and SEM detectors write their frames to HDF5 files, as facility
+detectors do (:mod:`~smartlab_plugins.devices.file_detectors`), in the server's
+``external/`` folder, so that Tiled serves the raw frames; against a remote server
+with no local data folder, the in-memory detectors stand in for them.
 """
 
 from __future__ import annotations
@@ -55,16 +60,28 @@ class Target:
     uri: str
     api_key: str | None
     embedded_dir: Path | None = None
+    #: where detectors write files the server reads (its ``external/`` folder); None: unknown
+    external_dir: Path | None = None
 
 
 @contextlib.contextmanager
 def tiled_server(tiled_uri: str | None, data_dir: Path | None, out: TextIO) -> Iterator[Target]:
-    """The given server, or the embedded one started for the duration."""
+    """The given server, or the embedded one started for the duration.
+
+    For a given server, detector files go to the ``external/`` folder of ``data_dir``
+    if that is given and has one (the server's own data folder, on this machine).
+    """
+    from smartlab_plugins.server import EmbeddedServer, free_port, storage_paths
+
     uri = tiled_uri or settings.tiled_uri()
     if uri:
-        yield Target(uri, settings.api_key(data_dir))
+        external = storage_paths(Path(data_dir))["external"] if data_dir else None
+        yield Target(
+            uri,
+            settings.api_key(data_dir),
+            external_dir=external if external and external.is_dir() else None,
+        )
         return
-    from smartlab_plugins.server import EmbeddedServer, free_port
 
     port = settings.DEFAULT_PORT if _port_is_free(settings.DEFAULT_PORT) else free_port()
     server = EmbeddedServer(data_dir, port=port)
@@ -72,7 +89,7 @@ def tiled_server(tiled_uri: str | None, data_dir: Path | None, out: TextIO) -> I
         f"Starting the embedded Tiled server (data in {server.data_dir}) ...", file=out, flush=True
     )
     with server:
-        yield Target(server.uri, server.api_key, server.data_dir)
+        yield Target(server.uri, server.api_key, server.data_dir, server.external_dir)
 
 
 def run_demo(
@@ -101,7 +118,7 @@ def run_demo(
             )
             (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
             client = from_uri(target.uri, api_key=target.api_key)
-            instrument_runs = _instrument_scans(RE, out, client, smartlab)
+            instrument_runs = _instrument_scans(RE, out, client, smartlab, target.external_dir)
         (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
         table = read_events(analysis)
         summary = analysis.metadata.get("summary") or {}
@@ -178,22 +195,47 @@ class InstrumentScan:
     annotate: Callable[[Any, str, Any, Any], Any] | None = None
     rows: Callable[[Any], Any] | None = None  # the rows of the results table to print
     truth: str = ""  # the simulator's hidden answer, printed under the results
+    frames: str = ""  # the raw run's frame field, read back from Tiled to check its shape
 
 
-def _instrument_scans(RE: Any, out: TextIO, client: Any, smartlab: Any) -> list[InstrumentScan]:
-    """Scans of four simulated instruments, each with its plugin live."""
+def _instrument_scans(
+    RE: Any, out: TextIO, client: Any, smartlab: Any, external_dir: Path | None = None
+) -> list[InstrumentScan]:
+    """Scans of four simulated instruments, each with its plugin live.
+
+    The diffraction detector and the SEM camera write their frames to HDF5 files in
+    ``external_dir`` (the server's ``external/`` folder); without one (a remote
+    server), the in-memory detectors put the frames in the events instead.
+    """
     import bluesky.plans as bp
     from ophyd import Kind
 
     from smartlab_plugins.devices import ins, microscopy, mpb, operando
 
-    diffraction = mpb.make_devices(seed=1)
     spectrometer = ins.make_devices(seed=1)["ins"]
     ramp = operando.make_devices(seed=1)
     detector = ramp["operando"]
     t_up = detector.truth["t_up"]
-    sem = microscopy.make_devices(seed=1)
-    sem["camera"].mask.kind = Kind.normal  # record the hidden truth, to compare with
+    if external_dir is not None:
+        from smartlab_plugins.devices.file_detectors import make_file_devices
+
+        folder = external_dir / "demo"
+        files = make_file_devices(folder, seed=1)  # after the RunEngine: connects in its loop
+        diffraction = {"sample": files["sample"], "mpb": files["mpb"]}
+        # the file camera drives an in-memory SEMCamera (its sensor), whose hidden mask of
+        # the frame just taken is read beside it as ``camera_mask``, to compare with
+        sem = {"xy": files["xy"], "camera": files["camera"], "mask": files["camera"].sensor.mask}
+        print(f"The MPB and SEM detectors write their frames to HDF5 files in {folder}", file=out)
+    else:
+        diffraction = mpb.make_devices(seed=1)
+        sem = microscopy.make_devices(seed=1)
+        sem["camera"].mask.kind = Kind.normal  # record the hidden truth, to compare with
+        print(
+            "No local data folder for this Tiled server (--data-dir, with its external/ folder): "
+            "the MPB and SEM detectors keep their frames in the events, not in HDF5 files",
+            file=out,
+        )
+    sem_detectors = [sem["camera"], *([sem["mask"]] if "mask" in sem else [])]
 
     def spin_waves():
         for truth in ((0.55, 0.09, 0.05), (0.8, 0.15, 0.1)):
@@ -218,6 +260,7 @@ def _instrument_scans(RE: Any, out: TextIO, client: Any, smartlab: Any) -> list[
                 "phase_cnn",
                 ["sample_x", "true_phase", "phase_name", "confidence", "p_monoclinic"],
                 annotate=_with_true_phase,
+                frames="mpb_image",
             ),
             bp.list_scan(
                 [diffraction["mpb"], diffraction["sample"].temperature],
@@ -247,9 +290,10 @@ def _instrument_scans(RE: Any, out: TextIO, client: Any, smartlab: Any) -> list[
                 [*(f"fraction_{phase}" for phase in microscopy.PHASES), "mask_agrees"],
                 annotate=_with_mask_agreement,
                 watch=_masks_published,
+                frames="camera_image",
             ),
             bp.grid_scan(
-                [sem["camera"]],
+                sem_detectors,
                 *(sem["xy"].y, 0, 60, 4, sem["xy"].x, 0, 60, 4),
                 per_step=_exposing_step,
             ),
@@ -373,7 +417,22 @@ def _report_instruments(out: TextIO, client: Any, scans: list[InstrumentScan]) -
         if scan.truth:
             results = "; ".join(str(s["result"]) for s in summaries if "result" in s)
             lines.append(f"summary: {results or 'none'}; {scan.truth}")
+        if scan.frames:
+            lines.extend(_frames_line(client, uid, scan.frames) for uid in scan.uids)
         print("\n".join(lines) + "\n", file=out)
+
+
+def _frames_line(client: Any, uid: str, key: str) -> str:
+    """The raw run's frames, read back from Tiled: their shape against the scan's events."""
+    run = client[uid]
+    events = (run.metadata.get("stop") or {}).get("num_events", {}).get("primary")
+    frames = run["primary"][key].read()
+    shape = tuple(frames.shape)
+    check = "one per event" if shape[0] == events else f"but the scan had {events} events"
+    return (
+        f'frames came back from Tiled: client["{uid[:8]}"]["primary"]["{key}"] has shape '
+        f"{shape}, {check} (max {float(np.max(frames)):.1f})"
+    )
 
 
 def _with_true_phase(client: Any, uid: str, analysis: Any, table: Any) -> Any:
