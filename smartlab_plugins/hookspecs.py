@@ -47,6 +47,13 @@ class DataSpec:
     value is in ``ndims``. ``shape``, when set, is the exact shape one event's
     value must have. Values with NaN or infinity are refused before the plugin
     sees them unless ``finite`` is False.
+
+    File-backed detectors (ophyd-async, areaDetector HDF5) declare a leading
+    frames-per-event axis, ``[N, H, W]``. When the frame, not the whole, fits
+    ``ndims`` (a plugin of 2-D images), the plugin sees one ``[H, W]`` image per
+    event: the frame itself for N = 1, the sum of the N frames for N > 1 (the
+    exposures of one point; counts add). A plugin that wants the frames apart
+    accepts 3-D values (``ndims=(3,)``) and gets ``[N, H, W]`` unchanged.
     """
 
     ndims: tuple[int, ...] = (0, 1, 2)
