@@ -48,6 +48,7 @@ def _worker(args: argparse.Namespace) -> int:
         spool_dir=str(settings.spool_dir()),
         compute=args.compute or settings.compute() or table.get("compute"),
         data_roots=[str(root) for root in data_roots],
+        max_event_bytes=args.max_event_bytes or table.get("max_event_bytes"),
     )
     worker = BrokerWorker(worker_config, broker, name=args.name or table.get("name"))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,6 +94,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="a folder detector files may be read from (repeat for several; default: "
         "SMARTLAB_DATA_ROOTS, else data_roots in [worker], else none: no file is read, "
         "since the documents come over the network)",
+    )
+    worker.add_argument(
+        "--max-event-bytes",
+        type=int,
+        metavar="BYTES",
+        help="largest declared size of one event's file-backed data; larger is refused "
+        "before anything is read (default: max_event_bytes in [worker], else 256 MiB)",
     )
     worker.add_argument(
         "--no-raw",
