@@ -4,10 +4,17 @@ One place reads the environment, so every entry point (the callback, the CLI,
 the IPython profile) agrees:
 
 ``SMARTLAB_TILED_URI``
-    The Tiled server to publish to and read from.
-``SMARTLAB_API_KEY``
-    The API key for that server. If unset, the key that ``smartlab serve``
-    generated in the data folder is used, when there is one.
+    The Tiled server to publish to and read from. If unset, the ``uri`` of the
+    Tiled profile named by ``SMARTLAB_TILED_PROFILE`` (``tiled profile list``),
+    when one is named.
+``SMARTLAB_TILED_PROFILE``
+    A Tiled client profile to take the server's URI from (see above).
+``SMARTLAB_API_KEY``, ``TILED_API_KEY``
+    The API key for that server, looked up in this order: ``SMARTLAB_API_KEY``,
+    then ``TILED_API_KEY`` (the variable Tiled's own client reads, so a shell
+    set up for Tiled works unchanged), then the key that ``smartlab serve``
+    generated in the data folder, when there is one. ``smartlab serve`` itself
+    requires ``SMARTLAB_API_KEY`` or its stored key, never ``TILED_API_KEY``.
 ``SMARTLAB_DATA_DIR``
     The embedded server's catalog, files and generated key. Default:
     ``$XDG_DATA_HOME/smartlab``, i.e. ``~/.local/share/smartlab``.
@@ -97,8 +104,32 @@ def spool_dir() -> Path:
 
 
 def tiled_uri() -> str | None:
-    """The Tiled server named by ``SMARTLAB_TILED_URI``, or None."""
-    return os.environ.get("SMARTLAB_TILED_URI") or None
+    """The Tiled server: ``SMARTLAB_TILED_URI``, else the ``SMARTLAB_TILED_PROFILE``'s, or None."""
+    if explicit := os.environ.get("SMARTLAB_TILED_URI"):
+        return explicit
+    if profile := os.environ.get("SMARTLAB_TILED_PROFILE"):
+        return tiled_profile_uri(profile)
+    return None
+
+
+def tiled_profile_uri(name: str) -> str:
+    """The ``uri`` of the Tiled client profile ``name``, as ``tiled profile list`` finds it."""
+    from tiled.profiles import load_profiles, paths
+
+    profiles = load_profiles()
+    if name not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ConfigurationError(
+            f"SMARTLAB_TILED_PROFILE={name!r}: no such Tiled profile (known: {known}; "
+            f"searched {', '.join(str(path) for path in paths)})"
+        )
+    source, content = profiles[name]
+    if not content.get("uri"):
+        raise ConfigurationError(
+            f"SMARTLAB_TILED_PROFILE={name!r}: the profile in {source} has no 'uri' "
+            "(SmartLab needs a server over HTTP, not a 'direct' one)"
+        )
+    return content["uri"]
 
 
 def compute() -> str | None:
@@ -129,8 +160,12 @@ def stored_api_key(data_dir: Path | None = None) -> str | None:
 
 
 def api_key(data_dir: Path | None = None) -> str | None:
-    """The API key clients use: ``SMARTLAB_API_KEY``, else the stored one."""
-    return os.environ.get("SMARTLAB_API_KEY") or stored_api_key(data_dir)
+    """The API key clients use: ``SMARTLAB_API_KEY``, ``TILED_API_KEY``, else the stored one."""
+    return (
+        os.environ.get("SMARTLAB_API_KEY")
+        or os.environ.get("TILED_API_KEY")
+        or stored_api_key(data_dir)
+    )
 
 
 def server_api_key(data_dir: Path) -> tuple[str, bool]:

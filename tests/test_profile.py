@@ -1,32 +1,44 @@
-"""The IPython profile: a scan run through it non-interactively lands in Tiled."""
+"""The IPython profile, met as a user meets it: ``smartlab ipython`` run twice in a row.
+
+The first session scans through SmartLab and bluesky's BestEffortCallback, uses the
+magics and reads the analysis back from Tiled; the second starts where the first
+left off, because ``RE.md`` (and so ``scan_id``) is kept in the data folder.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tiled_keys import API_KEY
 
-SESSION = """
+FIRST_SESSION = """
 (uid,) = RE(bp.scan([beam], steer, -1, 1, 5))
 sl.flush()
 (analysis,) = find_analyses(c, run_uid=uid, plugin="peak_stats")
 print("RESULT", len(read_events(analysis)), analysis.metadata["status"], type(c[uid]).__name__)
-get_ipython().run_line_magic("smartlab", "disable peak_stats")
-get_ipython().run_line_magic("smartlab", "plugins")
-get_ipython().run_line_magic("smartlab", "latest peak_stats")
-get_ipython().run_line_magic("smartlab", "status")
+print("LAST SCAN_ID", c[uid].metadata["start"]["scan_id"])
+%wa motors
+%mov steer 0.5
+print("STEER AT", steer.position)
+%smartlab disable peak_stats
+%smartlab plugins
+%smartlab latest peak_stats
+%smartlab status
+"""
+
+SECOND_SESSION = """
+(uid,) = RE(bp.count([det]))
+sl.flush()
+print("FIRST SCAN_ID", c[uid].metadata["start"]["scan_id"])
 """
 
 
-def test_a_scan_through_the_profile_is_analysed_and_published(tiled_server, tmp_path):
-    env = {
-        **os.environ,
-        "SMARTLAB_TILED_URI": tiled_server.uri,
-        "SMARTLAB_API_KEY": API_KEY,
-        "IPYTHONDIR": str(tmp_path),
-    }
+def smartlab_ipython(code: str, env: dict[str, str], ipython_dir: Path) -> str:
+    """Run ``smartlab ipython -- -c CODE`` as a user would; return its output."""
     result = subprocess.run(
         [
             sys.executable,
@@ -34,10 +46,10 @@ def test_a_scan_through_the_profile_is_analysed_and_published(tiled_server, tmp_
             "smartlab_plugins.cli",
             "ipython",
             "--ipython-dir",
-            str(tmp_path),
+            str(ipython_dir),
             "--",
             "-c",
-            SESSION,
+            code,
         ],
         env=env,
         capture_output=True,
@@ -45,9 +57,42 @@ def test_a_scan_through_the_profile_is_analysed_and_published(tiled_server, tmp_
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
-    assert "RESULT 5 complete BlueskyRun" in result.stdout
-    assert "peak_stats no longer runs from the next run on" in result.stdout
-    assert any(line.split()[:2] == ["peak_stats", "off"] for line in result.stdout.splitlines())
-    assert "peak_stats on run" in result.stdout and ": complete, 5 events" in result.stdout
-    assert "worker running" in result.stdout and "dropped 0" in result.stdout
-    assert (tmp_path / "profile_smartlab" / "startup" / "00-smartlab.py").exists()
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_two_sessions_scan_analyse_and_carry_the_scan_id_on(tiled_server, tmp_path):
+    env = {
+        **os.environ,
+        "SMARTLAB_TILED_URI": tiled_server.uri,
+        "SMARTLAB_API_KEY": API_KEY,
+        "SMARTLAB_DATA_DIR": str(tmp_path / "data"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "MPLBACKEND": "Agg",
+    }
+    ipython_dir = tmp_path / "ipython"
+
+    first = smartlab_ipython(FIRST_SESSION, env, ipython_dir)
+    assert "RESULT 5 complete BlueskyRun" in first
+    assert "live plots off (no display)" in first
+    last_scan_id = int(re.search(r"LAST SCAN_ID (\d+)", first).group(1))
+    # BestEffortCallback's table, beside SmartLab: its header and one row per point.
+    assert f"Transient Scan ID: {last_scan_id}" in first
+    assert re.search(r"\|\s+seq_num\s+\|\s+time\s+\|\s+steer\s+\|", first)
+    assert len(re.findall(r"^\|\s+[1-5] \|", first, re.MULTILINE)) == 5
+    # %wa lists the labelled motors with their positions; %mov moved one.
+    wa = first[first.index("motors\n") :]
+    assert re.search(r"^\s+steer\s+1\.0+\s", wa, re.MULTILINE), wa
+    assert "STEER AT 0.5" in first
+    # %smartlab
+    assert "peak_stats no longer runs from the next run on" in first
+    assert any(line.split()[:2] == ["peak_stats", "off"] for line in first.splitlines())
+    assert "peak_stats on run" in first and ": complete, 5 events" in first
+    assert "worker running" in first and "dropped 0" in first
+    assert (ipython_dir / "profile_smartlab" / "startup" / "00-smartlab.py").exists()
+    assert (tmp_path / "data" / "runengine-metadata").is_dir()
+
+    second = smartlab_ipython(SECOND_SESSION, env, ipython_dir)
+    assert f"last scan_id {last_scan_id})" in second
+    assert f"FIRST SCAN_ID {last_scan_id + 1}" in second
+    assert f"Transient Scan ID: {last_scan_id + 1}" in second
