@@ -6,12 +6,17 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from smartlab_plugins import settings
 
 PROFILE_NAME = "smartlab"
+DISTRIBUTION = "smartlab"  # the name pip knows SmartLab by, for --version
 DATA_DIR_DEFAULT = "$SMARTLAB_DATA_DIR, else $XDG_DATA_HOME/smartlab or ~/.local/share/smartlab"
+API_KEY_DEFAULT = (
+    "SMARTLAB_API_KEY, else TILED_API_KEY, else the key `smartlab serve` stored in the data folder"
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -157,7 +162,7 @@ def _finetune(args: argparse.Namespace) -> int:
     base = card.training["finetuned_from"]["sha256"][:16]
     print(f"wrote {args.out / card.weights_file} (fine-tuned from {base}...)")
     print(f"plugins use it with SMARTLAB_MODEL_DIR={args.out}; check it with")
-    print(f"`smartlab evaluate {args.model} --dir {args.out}`")
+    print(f"`smartlab evaluate {args.model} --model-dir {args.out}`")
     return 0
 
 
@@ -165,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from smartlab_plugins.models.evaluate import evaluate, metric_tables
     from smartlab_plugins.status import format_table
 
-    report = evaluate(args.model, n=args.n, seed=args.seed, directory=args.dir)
+    report = evaluate(args.model, n=args.n, seed=args.seed, directory=args.model_dir)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -228,7 +233,52 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked for
+    (importing ``importlib.metadata`` alone takes some 30 ms, a fifth of ``smartlab --help``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import version
+
+        print(f"{parser.prog} {version(DISTRIBUTION)}")
+        parser.exit()
+
+
+def _print_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The command of a parser run without its subcommand: its help, exit status 2."""
+
+    def print_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return print_help
+
+
+def add_api_key(parser: argparse.ArgumentParser, default: str = API_KEY_DEFAULT) -> None:
+    """Add ``--api-key KEY``, which means what ``SMARTLAB_API_KEY`` means (see :func:`main`)."""
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the Tiled server's API key, as SMARTLAB_API_KEY (which, unlike an option, other "
+        f"users cannot read in the process list; default: {default})",
+    )
+
+
+def use_api_key(args: argparse.Namespace) -> None:
+    """Give ``--api-key`` the meaning of ``SMARTLAB_API_KEY``, for this process and those it
+    starts (the embedded server, workers, IPython): every part reads the key from there."""
+    if getattr(args, "api_key", None):
+        os.environ["SMARTLAB_API_KEY"] = args.api_key
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``smartlab`` command's parser; imports no command's dependencies (each command
+    imports its own when it runs), so that ``smartlab --help`` and typos answer at once."""
     from smartlab_plugins.models.registry import BASELINE_NAMES, TASKS
     from smartlab_plugins.transport.cli import add_commands as add_transport_commands
 
@@ -236,8 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartlab",
         description="Live machine-learning analysis of Bluesky scans, published to Tiled.",
+        epilog="Without a command, smartlab prints this help and exits with status 2. "
+        "`smartlab COMMAND --help` describes a command.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    parser.set_defaults(func=_print_help(parser))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
@@ -270,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         "SMARTLAB_CATALOG_URI, else [server] catalog in the config file, else sqlite)",
     )
     serve.add_argument("--config", type=Path, help="TOML config file (default: SMARTLAB_CONFIG)")
+    add_api_key(
+        serve,
+        "SMARTLAB_API_KEY, else the key stored in the data folder, else a new one stored there",
+    )
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
@@ -319,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"data folder of the embedded server (default: {DATA_DIR_DEFAULT})",
     )
+    add_api_key(demo)
     demo.add_argument("--points", type=int, default=41, help="scan points (default: %(default)s)")
     demo.set_defaults(func=_demo)
 
@@ -327,13 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recent analyses on the Tiled server: plugin, run, status, events, errors, drops",
     )
     status.add_argument("--tiled", metavar="URI", help="default: SMARTLAB_TILED_URI")
+    add_api_key(status)
     status.add_argument("--limit", type=_positive, default=10, help="default: %(default)s")
     status.set_defaults(func=_status)
 
     plugins = commands.add_parser("plugins", help="inspect analysis plugins")
-    plugin_commands = plugins.add_subparsers(
-        dest="plugins_command", required=True, metavar="COMMAND"
-    )
+    plugins.set_defaults(func=_print_help(plugins))
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND")
     plugins_list = plugin_commands.add_parser(
         "list", help="list installed plugins: name, version, source, accepted data, model, device"
     )
@@ -347,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("run_uid", metavar="RUN_UID")
     replay.add_argument("--tiled", metavar="URI", help="default: SMARTLAB_TILED_URI")
+    add_api_key(replay)
     replay.add_argument(
         "--plugins", nargs="+", metavar="NAME", help="only these plugins (default: all)"
     )
@@ -429,7 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=None, help="default: training seed + 1000")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
-    evaluate.add_argument("--dir", type=Path, default=None, help="model folder (default: shipped)")
+    evaluate.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="the folder `smartlab train` or `smartlab finetune` wrote with --out, as "
+        "SMARTLAB_MODEL_DIR (default: SMARTLAB_MODEL_DIR if it holds MODEL, else the shipped "
+        "model)",
+    )
+    evaluate.add_argument("--dir", dest="model_dir", type=Path, help=argparse.SUPPRESS)
     evaluate.set_defaults(func=_evaluate)
 
     ipython = commands.add_parser(
@@ -477,11 +545,13 @@ def user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``smartlab`` command; return its exit status.
 
-    A :func:`user_errors` error is printed as one line (``smartlab: error:
-    ...``) with exit status 2; any other exception is a bug and keeps its
-    traceback.
+    ``--api-key`` is put in the environment as ``SMARTLAB_API_KEY`` first
+    (:func:`use_api_key`). A :func:`user_errors` error is printed as one line
+    (``smartlab: error: ...``) with exit status 2; any other exception is a bug
+    and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
+    use_api_key(args)
     try:
         return args.func(args)
     except user_errors() as exc:

@@ -22,6 +22,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,11 +86,21 @@ def tiled_server(tiled_uri: str | None, data_dir: Path | None, out: TextIO) -> I
 
     port = settings.DEFAULT_PORT if _port_is_free(settings.DEFAULT_PORT) else free_port()
     server = EmbeddedServer(data_dir, port=port)
-    print(
-        f"Starting the embedded Tiled server (data in {server.data_dir}) ...", file=out, flush=True
-    )
-    with server:
+    with _step(out, f"Starting the embedded Tiled server (data in {server.data_dir})", "up"):
+        server.start()
+    try:
         yield Target(server.uri, server.api_key, server.data_dir, server.external_dir)
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _step(out: TextIO, doing: str, done: str = "done") -> Iterator[None]:
+    """Say what the demo waits for, then how long it took: no wait of several seconds is silent."""
+    print(f"{doing} ...", end=" ", file=out, flush=True)
+    started = time.monotonic()
+    yield
+    print(f"{done} in {time.monotonic() - started:.1f} s", file=out, flush=True)
 
 
 def run_demo(
@@ -99,19 +110,22 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     """Run the demo scan, print the results; return them as data (for tests)."""
-    import bluesky.plans as bp
-    from bluesky import RunEngine
-    from tiled.client import from_uri
+    with _step(out, "Loading bluesky, tiled and the simulated instruments"):
+        import bluesky.plans as bp
+        from bluesky import RunEngine
+        from tiled.client import from_uri
 
-    from smartlab_plugins import SmartLab
-    from smartlab_plugins.devices.beam import make_devices
-    from smartlab_plugins.results import find_analyses, read_events
+        from smartlab_plugins import SmartLab
+        from smartlab_plugins.devices.beam import make_devices
+        from smartlab_plugins.results import find_analyses, read_events
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tiled_server(tiled_uri, data_dir, out) as target:
         devices = make_devices(seed=1)
         RE = RunEngine()
-        with SmartLab(target.uri, target.api_key) as smartlab:
+        with _step(out, "Starting SmartLab's worker process, which loads the plugins' models"):
+            smartlab = SmartLab(target.uri, target.api_key)
+        with smartlab:
             RE.subscribe(smartlab)
             print(
                 f"Scanning steer from -4 to 4 mm in {points} points, peak_stats live ...", file=out
@@ -119,6 +133,8 @@ def run_demo(
             (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
             client = from_uri(target.uri, api_key=target.api_key)
             instrument_runs = _instrument_scans(RE, out, client, smartlab, target.external_dir)
+            with _step(out, "Waiting for the last analyses to reach Tiled"):
+                smartlab.close()
         (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
         table = read_events(analysis)
         summary = analysis.metadata.get("summary") or {}

@@ -3,17 +3,44 @@ is read in-process, each start costing seconds)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.metadata
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tiled.client import from_uri
 from tiled.queries import Key
 from tiled_keys import API_KEY
 
-from smartlab_plugins.cli import USER_ERRORS, build_parser, main
+from smartlab_plugins.cli import USER_ERRORS, build_parser, main, use_api_key
+
+#: What a command needs and ``smartlab --help`` does not: each takes from a tenth of a second
+#: (pandas) to seconds (torch, bluesky-tiled-plugins) to import.
+HEAVY = {
+    "bluesky",
+    "bluesky_tiled_plugins",
+    "distributed",
+    "ophyd",
+    "ophyd_async",
+    "pandas",
+    "redis",
+    "tiled",
+    "torch",
+}
+
+#: The commands that talk to a Tiled server, each taking its API key as --api-key.
+TILED_COMMANDS = [
+    ["serve"],
+    ["demo"],
+    ["demo", "adaptive"],
+    ["status"],
+    ["replay", "some-uid"],
+    ["worker"],
+]
 
 
 def smartlab(
@@ -44,6 +71,75 @@ def test_help_lists_every_command(capsys):
             main([command, "--help"])
         assert exit_.value.code == 0
         assert f"usage: smartlab {command}" in capsys.readouterr().out
+
+
+def test_building_the_parser_imports_none_of_the_commands_heavy_dependencies():
+    # what is imported, not a wall time, which a busy machine would make flaky: the parser
+    # answers `smartlab --help` and every usage error, and took 2 s when it imported the worker
+    script = (
+        "import sys; from smartlab_plugins.cli import build_parser; build_parser(); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert HEAVY.isdisjoint(result.stdout.split()), result.stdout
+
+
+def test_the_transport_package_names_its_classes_without_importing_them_first():
+    script = (
+        "import sys; import smartlab_plugins.transport as t; "
+        "assert 'smartlab_plugins.transport.consumer' not in sys.modules; "
+        "from smartlab_plugins.transport import BrokerWorker, BrokerPublisher, BrokerSettings; "
+        "print(BrokerWorker.__module__, BrokerPublisher.__module__, BrokerSettings.__module__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "smartlab_plugins.transport.consumer",
+        "smartlab_plugins.transport.publisher",
+        "smartlab_plugins.transport.settings",
+    ]
+
+
+def test_version_is_the_installed_distributions(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"smartlab {importlib.metadata.version('smartlab')}\n"
+
+
+@pytest.mark.parametrize(("argv", "usage"), [([], "smartlab"), (["plugins"], "smartlab plugins")])
+def test_no_command_prints_the_help_and_exits_with_status_2(argv, usage, capsys):
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {usage} ") and "COMMAND" in out
+
+
+def test_the_model_folder_is_out_where_written_and_model_dir_where_read():
+    parser = build_parser()
+    for argv in (["train", "phase_cnn"], ["finetune", "phase_cnn", "x.h5"]):
+        assert parser.parse_args([*argv, "--out", "tuned"]).out == Path("tuned")
+    for option in ("--model-dir", "--dir"):  # --dir: the old spelling, hidden, still works
+        args = parser.parse_args(["evaluate", "phase_cnn", option, "tuned"])
+        assert args.model_dir == Path("tuned")
+    evaluate_help = (
+        next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        .choices["evaluate"]
+        .format_help()
+    )
+    assert "--model-dir" in evaluate_help and "--dir" not in evaluate_help
+
+
+@pytest.mark.parametrize("argv", TILED_COMMANDS, ids=" ".join)
+def test_api_key_means_what_smartlab_api_key_means(argv, monkeypatch):
+    monkeypatch.setenv("SMARTLAB_API_KEY", "fromtheenvironment")  # restored afterwards
+    use_api_key(build_parser().parse_args(argv))  # without the option, the environment's key
+    assert os.environ["SMARTLAB_API_KEY"] == "fromtheenvironment"
+    use_api_key(build_parser().parse_args([*argv, "--api-key", "fromtheoption"]))
+    assert os.environ["SMARTLAB_API_KEY"] == "fromtheoption"  # for every part, and children
 
 
 def test_plugins_list_shows_name_version_source_and_accepted_data():
@@ -152,7 +248,7 @@ def test_a_bug_keeps_its_traceback_instead_of_posing_as_a_usage_error(monkeypatc
         main(["evaluate", "spinwave_cnn", "-n", "2"])
 
 
-def test_status_lists_recent_analyses_with_their_counts(tiled_server, RE, make_smartlab):
+def test_status_lists_recent_analyses_with_their_counts(tiled_server, RE, make_smartlab, tmp_path):
     import bluesky.plans as bp
     from ophyd.sim import det
 
@@ -160,8 +256,11 @@ def test_status_lists_recent_analyses_with_their_counts(tiled_server, RE, make_s
     RE.subscribe(smartlab_cb)
     (uid,) = RE(bp.count([det], 4))
     smartlab_cb.flush()
-    env = {**os.environ, "SMARTLAB_API_KEY": API_KEY}
-    result = smartlab("status", "--tiled", tiled_server.uri, "--limit", "3", env=env)
+    env = {k: v for k, v in os.environ.items() if k not in ("SMARTLAB_API_KEY", "TILED_API_KEY")}
+    env["SMARTLAB_DATA_DIR"] = str(tmp_path)  # no stored key either: only --api-key gives it
+    result = smartlab(
+        "status", "--tiled", tiled_server.uri, "--limit", "3", "--api-key", API_KEY, env=env
+    )
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()[1:]
     assert header.split() == ["started", "plugin", "run", "status", "events", "errors", "dropped"]

@@ -198,10 +198,13 @@ def _fit(
     started = time.monotonic()
     budget = budget_seconds if budget_seconds is not None else config.max_minutes * 60
     batches = (len(train) + config.batch_size - 1) // config.batch_size
+    # The bar shows the share of the training done: of the time budget or of max_epochs,
+    # whichever ends it first (as cosine_rate reckons), so that its ETA is when training stops.
     with tqdm(
-        total=config.max_epochs * batches,
-        unit="batch",
+        total=100,
         desc=f"train {task.name}",
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}",
+        smoothing=0,
         disable=not progress,
     ) as bar:
         for epoch in range(config.max_epochs):
@@ -218,7 +221,11 @@ def _fit(
                 nn.utils.clip_grad_norm_(parameters, config.grad_clip)
                 optimizer.step()
                 total += loss.item() * len(index)
-                bar.update(1)
+                done = (epoch * batches + start // config.batch_size + 1) / (
+                    config.max_epochs * batches
+                )
+                spent = (time.monotonic() - started) / budget
+                bar.update(max(0.0, 100 * min(max(done, spent), 1.0) - bar.n))
             output = predict(net, val.x, device=device)
             target = torch.as_tensor(val.y)
             val_loss = float(task.loss(output, target))
@@ -227,7 +234,11 @@ def _fit(
             history.val_loss.append(val_loss)
             history.val_score.append(val_score)
             history.learning_rate.append(optimizer.param_groups[0]["lr"])
-            bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val_score:.4f}")
+            bar.set_postfix(
+                epoch=f"{epoch + 1}/{config.max_epochs}",
+                train=f"{history.train_loss[-1]:.4f}",
+                val=f"{val_score:.4f}",
+            )
             if val_score < best_score:
                 best_score, best_state, waited = val_score, copy.deepcopy(net.state_dict()), 0
                 history.best_epoch = epoch
@@ -242,6 +253,7 @@ def _fit(
                 break
         else:
             history.stopped_because = f"{config.max_epochs} epochs"
+        bar.update(100 - bar.n)  # stopped: by the budget's estimate, by early stopping, or done
     history.seconds = time.monotonic() - started
     if best_state is not None:
         net.load_state_dict(best_state)

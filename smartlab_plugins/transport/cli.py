@@ -63,6 +63,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``worker`` to the ``smartlab`` command's subcommands."""
+    from smartlab_plugins.cli import add_api_key
+
     worker = commands.add_parser(
         "worker",
         help="analyse the documents a Redis broker carries and publish the results to Tiled",
@@ -78,6 +80,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("--plugins", nargs="+", metavar="NAME", help="default: all installed")
     worker.add_argument("--tiled", metavar="URI", help="default: SMARTLAB_TILED_URI")
+    add_api_key(worker)
     worker.add_argument("--config", type=Path, help="TOML config file (default: SMARTLAB_CONFIG)")
     worker.add_argument("--shards", type=int, help="default: SMARTLAB_BROKER_SHARDS, else 8")
     worker.add_argument("--prefix", help="key prefix in Redis (default: smartlab)")
@@ -112,9 +115,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from smartlab_plugins.cli import use_api_key
+
     parser = argparse.ArgumentParser(prog="smartlab")
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
+    use_api_key(args)
     try:
         return args.func(args)
     except (settings.ConfigurationError, ConnectionError) as exc:
