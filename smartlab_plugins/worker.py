@@ -261,6 +261,7 @@ class Worker:
                 "device": info.device,
                 "compute": self.compute.address if self._remote(analysis) else None,
                 "accepts": info.accepts.describe(),
+                "units": info.resolve_units(analysis.context.descriptors, analysis.fields),
                 "mode": self.mode,
                 "status": "running",
                 "started": time.time(),

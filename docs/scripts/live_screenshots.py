@@ -27,8 +27,10 @@ def main() -> None:
         plugins = ["phase_cnn", "spinwave_cnn", "transition_lstm", "micrograph_unet"]
         with SmartLab(server.uri, server.api_key, plugins=plugins) as sl:
             RE.subscribe(sl)
-            phases, couplings = LivePhases(x="sample_x"), LiveCouplings(x="ins_temperature")
-            ramp_view, mask_view = LiveTransition(), LiveMask()
+            phases = LivePhases(sl, x="sample_x")
+            couplings = LiveCouplings(sl, x="ins_temperature")
+            ramp_view = LiveTransition(sl)
+            mask_view = LiveMask(sl, pixel_size=(0.05, "um"))  # the simulated SEM's pixels
             views = {
                 "live_phases.png": phases,
                 "live_couplings.png": couplings,
@@ -36,7 +38,7 @@ def main() -> None:
                 "live_mask.png": mask_view,
             }
             for view in views.values():
-                sl.add_live_view(view)
+                RE.subscribe(view)
             diffraction = mpb.make_devices(seed=21)
             RE(bp.scan([diffraction["mpb"]], diffraction["sample"].x, 0.40, 0.55, 31))
             spectrometer = ins.make_devices(seed=22)["ins"]

@@ -21,7 +21,13 @@ from smartlab_plugins.hookspecs import (
     RunContext,
     hookimpl,
 )
-from smartlab_plugins.models.baselines import BASELINES, VERSION, BaselineSet, load_baselines
+from smartlab_plugins.models.baselines import (
+    BASELINES,
+    MODEL_KINDS,
+    VERSION,
+    BaselineSet,
+    load_baselines,
+)
 from smartlab_plugins.models.inference import model_input
 from smartlab_plugins.models.store import model_dir
 
@@ -53,7 +59,15 @@ class BaselinesPlugin:
             summary=f"random forest, gradient boosting and SVM beside {self.baselines.cnn}",
             model=model,
             stateless=True,
+            units=self.units(),
         )
+
+    def units(self) -> dict[str, str]:
+        """Every model's answers: the exchange constants in meV, class indices dimensionless."""
+        if self.baselines.kind == "regression":
+            names = self.baselines.task().outputs
+            return {f"{kind}_{p}": "meV" for kind in MODEL_KINDS for p in names}
+        return {f"{kind}_phase": "" for kind in MODEL_KINDS}
 
     @hookimpl
     def smartlab_start_run(self, run: RunContext) -> None:

@@ -24,6 +24,7 @@ and its per-frame mean ``uncertainty_mean``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,11 @@ DIMS = ("row", "column")
 def smartlab_describe() -> PluginInfo:
     """Reads ``camera_image`` frames; the model is the shipped ``micrograph_unet`` weights."""
     summary = "phase map (array) and phase area fractions of SEM frames (U-Net)"
-    return describe_model_plugin(NAME, segmentation.VERSION, FIELD, summary)
+    info = describe_model_plugin(NAME, segmentation.VERSION, FIELD, summary)
+    fractions = {f"fraction_{name}": "" for name in segmentation.phase_names()}
+    # phase ids, area fractions and 1 - probability are all dimensionless
+    units = {"mask": "", **fractions, "uncertainty": "", "uncertainty_mean": ""}
+    return dataclasses.replace(info, units=units)
 
 
 @hookimpl

@@ -14,7 +14,9 @@ Centroid, sigma and FWHM are taken above a baseline, the median of the
 frame, clipped at zero: a flat, noisy background then neither pulls the
 centroid nor widens sigma, as long as the peak covers less than half of the
 frame. Images are reduced to their row and column projections for the
-centroid and widths. For a Gaussian, sigma = FWHM / 2.3548.
+centroid and widths. For a Gaussian, sigma = FWHM / 2.3548. Units (the
+analysis' ``units`` metadata): maximum and integral in the field's own unit
+(its descriptor's ``units``), positions and widths in pixels.
 
 Per run (the summary), like bluesky's ``PeakStats`` but published: for each
 scalar detector field and each field's integrated intensity, the peak across
@@ -40,6 +42,16 @@ from smartlab_plugins.hookspecs import (
 
 NAME = "peak_stats"
 VERSION = "1.0.0"
+#: Per field read: intensities in the field's unit, positions and widths in pixels.
+UNITS = {
+    "{field}_max": "{field}",
+    "{field}_sum": "{field}",
+    **{
+        f"{{field}}_{stat}{axis}": "pixel"
+        for stat in ("argmax", "centroid", "sigma", "fwhm")
+        for axis in ("", "_row", "_col")
+    },
+}
 
 
 @hookimpl
@@ -50,6 +62,7 @@ def smartlab_describe() -> PluginInfo:
         version=VERSION,
         accepts=DataSpec(ndims=(0, 1, 2)),
         summary="maximum, centroid, width and integral of 1-D/2-D data; peak across the scan",
+        units=UNITS,
     )
 
 

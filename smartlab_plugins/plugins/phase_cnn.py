@@ -16,6 +16,8 @@ magnitude of the winning class's logit, i.e. which rings decided it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
@@ -35,7 +37,11 @@ FIELD = "mpb_image"
 def smartlab_describe() -> PluginInfo:
     """Reads ``mpb_image`` frames; the model is the shipped ``phase_cnn`` weights."""
     summary = "crystal phase probabilities from diffraction frames (the talk's CNN)"
-    return describe_model_plugin(NAME, phase.VERSION, FIELD, summary, stateless=True)
+    info = describe_model_plugin(NAME, phase.VERSION, FIELD, summary, stateless=True)
+    probabilities = {f"p_{name}": "" for name in phase.class_names()}
+    # the class index and the probabilities are dimensionless; saliency is relative
+    units = {"phase": "", "confidence": "", **probabilities, "saliency": "a.u."}
+    return dataclasses.replace(info, units=units)
 
 
 @hookimpl

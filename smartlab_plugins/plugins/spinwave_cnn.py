@@ -18,6 +18,7 @@ get ``outside_training = 1`` and a warning once per run: their estimates drift.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -34,13 +35,19 @@ from smartlab_plugins.models.inference import (
 logger = logging.getLogger(__name__)
 NAME = spinwave.NAME
 FIELD = "ins_sqw"
+UNITS = {
+    **{name: "meV" for p in spinwave.PARAMETERS for name in (p, f"{p}_std")},
+    "outside_training": "",
+    "saliency": "a.u.",
+}
 
 
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``ins_sqw`` maps; the model is the shipped ``spinwave_cnn`` weights."""
     summary = "J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)"
-    return describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary, stateless=True)
+    info = describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary, stateless=True)
+    return dataclasses.replace(info, units=UNITS)
 
 
 @hookimpl

@@ -17,7 +17,8 @@ Published per event:
     at the flagged event only (NaN elsewhere): where ``p_transition`` crossed
     0.5 between the last frame below the threshold and the first above it, and
     its standard deviation (the validation RMS error in temperature steps, times
-    that step), K;
+    that step), in the unit of ``operando_temperature`` (K for the simulated stage;
+    the analysis' ``units`` metadata says which);
 ``note``
     empty, or why this event is special (events missing before it, no temperature).
 
@@ -66,6 +67,13 @@ logger = logging.getLogger(__name__)
 NAME = transition.NAME
 FIELD = "operando_pattern"
 TEMPERATURE_FIELDS = ("operando_temperature", "temperature")
+#: The onset is interpolated between the events' temperatures: it has their unit.
+UNITS = {
+    "p_transition": "",
+    "flag": "",
+    "onset_temperature": "{operando_temperature}",
+    "onset_temperature_std": "{operando_temperature}",
+}
 NO_TRANSITION = "no transition seen"
 
 
@@ -192,6 +200,7 @@ def smartlab_describe() -> PluginInfo:
         summary="online transition flag and onset temperature on temperature ramps (LSTM)",
         model=model_info(NAME),
         device=device_name(),
+        units=UNITS,
     )
 
 

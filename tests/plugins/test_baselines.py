@@ -46,6 +46,7 @@ def test_spinwave_baselines_answer_beside_the_cnn(RE, make_smartlab, client):
     table = read_events(analysis)
     for kind in ("rf", "gb", "svm"):
         assert table[f"{kind}_j1"].to_numpy() == pytest.approx(0.7, rel=0.1), kind
+        assert analysis.metadata["units"][f"{kind}_j1"] == "meV"
     assert find_analyses(client, run_uid=uid, plugin="spinwave_cnn")
 
 

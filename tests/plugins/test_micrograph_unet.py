@@ -80,6 +80,7 @@ def test_a_raster_publishes_phase_maps_and_fractions_live_that_match_the_truth(
     analysis = analysis_of(client, uid)
     assert analysis.metadata["status"] == "complete"
     assert analysis.metadata["model"] == NAME and len(analysis.metadata["sha256"]) == 64
+    assert {analysis.metadata["units"][name] for name in [*FRACTIONS, "mask"]} == {""}
     masks = read_array(analysis, "mask")
     truth = np.asarray(client[uid]["primary"]["camera_mask"].read())
     assert masks.dtype == np.uint8 and masks.shape == truth.shape == (9, 256, 256)

@@ -34,6 +34,9 @@ def test_spinwave_cnn_recovers_the_exchange_constants_live(RE, make_smartlab, cl
         assert analysis.metadata["model"] == "spinwave_cnn"
         assert analysis.metadata["model_version"] == "1.0.0"
         assert len(analysis.metadata["sha256"]) == 64
+        units = analysis.metadata["units"]
+        assert units["j1"] == units["j1_std"] == units["d_std"] == "meV"
+        assert units["outside_training"] == ""
         row = read_events(analysis).iloc[0]
         for name, value in zip(("j1", "j2", "d"), truth, strict=True):
             assert row[name] == pytest.approx(value, rel=0.2), name  # one map, not a mean
@@ -49,9 +52,12 @@ def test_phase_cnn_tells_the_phases_apart_across_a_composition_scan(RE, make_sma
     (uid,) = RE(bp.list_scan([devices["mpb"]], devices["sample"].x, compositions))
     smartlab.flush()
 
-    table = read_events(analysis_of(client, uid, "phase_cnn"))
+    analysis = analysis_of(client, uid, "phase_cnn")
+    table = read_events(analysis)
     assert list(table["phase_name"]) == ["rhombohedral"] * 3 + ["tetragonal"] * 3
-    probabilities = table[[c for c in table if c.startswith("p_")]].to_numpy()
+    columns = [c for c in table if c.startswith("p_")]
+    assert {analysis.metadata["units"][c] for c in [*columns, "confidence"]} == {""}
+    probabilities = table[columns].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert (table["confidence"] > 0.9).all()
 

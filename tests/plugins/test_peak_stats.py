@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bluesky.plans as bp
 import numpy as np
 import pytest
 
+from smartlab_plugins.devices import beam, ins
 from smartlab_plugins.hookspecs import EventBatch, RunContext
 from smartlab_plugins.plugins import peak_stats
+from smartlab_plugins.results import find_analyses, read_events
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -77,3 +80,24 @@ def test_run_summary_finds_the_peak_across_the_scanned_motor():
     assert det["centroid"] == pytest.approx(1.25, abs=0.02)
     assert det["fwhm"] == pytest.approx(FWHM_PER_SIGMA * 1.5, rel=0.02)
     assert det["points"] == 65
+
+
+def test_units_in_the_metadata_follow_each_field_read(RE, make_smartlab, client):
+    spectrometer = ins.make_devices(seed=2)["ins"]
+    monitor = beam.make_devices()["beam"]
+    smartlab = make_smartlab(plugins=["peak_stats"])
+    RE.subscribe(smartlab)
+    (with_units,) = RE(bp.scan([spectrometer], spectrometer.temperature, 5, 10, 2))
+    (without,) = RE(bp.count([monitor], 1))
+    smartlab.flush()
+
+    (analysis,) = find_analyses(client, run_uid=with_units, plugin="peak_stats")
+    units = analysis.metadata["units"]
+    table = read_events(analysis)
+    assert {"ins_sqw_max", "ins_sqw_sum", "ins_sqw_centroid_row"} <= set(table.columns)
+    assert units["ins_sqw_max"] == units["ins_sqw_sum"] == "counts"  # ins_sqw's own unit
+    assert units["ins_sqw_centroid_row"] == units["ins_sqw_fwhm_col"] == "pixel"
+    (analysis,) = find_analyses(client, run_uid=without, plugin="peak_stats")
+    units = analysis.metadata["units"]
+    assert units["beam_image_max"] is None  # the descriptor gives beam_image no unit: unknown
+    assert units["beam_image_sigma_row"] == "pixel"

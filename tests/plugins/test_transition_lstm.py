@@ -72,6 +72,9 @@ def test_a_heating_ramp_raises_the_flag_once_during_the_scan_near_the_true_onset
     assert summary["flag_seq_num"] == int(flagged["seq_num"])
     assert "transition flagged at event" in summary["result"]
     assert analysis.metadata["model"] == NAME and len(analysis.metadata["sha256"]) == 64
+    units = analysis.metadata["units"]  # the onset has the unit of operando_temperature
+    assert units["onset_temperature"] == units["onset_temperature_std"] == "K"
+    assert units["p_transition"] == units["flag"] == ""
 
 
 def test_cooling_finds_the_lower_branch_and_a_short_ramp_reports_no_transition(
