@@ -186,9 +186,9 @@ def render(module: ModuleType = hookspecs) -> str:
         "Import the marker and the data types from `smartlab_plugins`:",
         "",
         "```python",
-        "from smartlab_plugins import "
-        + ", ".join(sorted(t.__name__ for t in types))
-        + ", hookimpl",
+        "from smartlab_plugins import (",
+        *(f"    {name}," for name in [*sorted(t.__name__ for t in types), "hookimpl"]),
+        ")",
         "```",
         "",
         f'`hookimpl` is `pluggy.HookimplMarker("{project}")`; a hook implementation may take',
