@@ -597,12 +597,11 @@ class _RunAssembler(DocumentRouter):
 
     def _lost(self, stream: _Stream, rows: list[_Row], reason: str) -> None:
         """Report rows that were taken but cannot be handed on (one problem for them all)."""
-        first, last = rows[0].seq_num, rows[-1].seq_num
-        span = f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
+        first = rows[0].seq_num
         self._sink.reject(
             DocumentProblem(
                 "event",
-                _clip(f"{span} {reason}"),
+                _clip(f"{_span(rows)} {reason}"),
                 self.run_uid,
                 stream.name,
                 first,
@@ -614,10 +613,10 @@ class _RunAssembler(DocumentRouter):
         """Report a file-backed field that ``rows`` go on without (their other fields stay)."""
         if not rows:
             return
-        first, last = rows[0].seq_num, rows[-1].seq_num
-        span = f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
-        message = f"{span}: field {key!r} not read, the events go on without it: {reason}"
-        self._sink.reject(DocumentProblem("event", _clip(message), self.run_uid, stream, first))
+        message = f"{_span(rows)}: field {key!r} not read, the events go on without it: {reason}"
+        self._sink.reject(
+            DocumentProblem("event", _clip(message), self.run_uid, stream, rows[0].seq_num)
+        )
 
 
 def _expected_shape(spec: Mapping[str, Any]) -> tuple[int | None, ...] | None:
@@ -633,6 +632,12 @@ def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...]) ->
     if len(actual) != len(expected):
         return False
     return all(e is None or a == e for a, e in zip(actual, expected, strict=True))
+
+
+def _span(rows: list[_Row]) -> str:
+    """``events 3..7`` (or ``event 3``): the rows a problem is about, for its message."""
+    first, last = rows[0].seq_num, rows[-1].seq_num
+    return f"events {first}..{last}" if len(rows) > 1 else f"event {first}"
 
 
 def _by_fields(rows: list[_Row]) -> list[list[_Row]]:
