@@ -20,7 +20,7 @@ the IPython profile) agrees:
     ``$XDG_DATA_HOME/smartlab``, i.e. ``~/.local/share/smartlab``.
 ``SMARTLAB_SPOOL_DIR``
     Where results wait on local disk until Tiled has them (a journal per
-    worker, see :mod:`smartlab_plugins.spool`). Default: ``spool`` in the data
+    worker, see :mod:`smartlab_plugins.publish.journal`). Default: ``spool`` in the data
     folder.
 ``SMARTLAB_CATALOG_URI``
     A PostgreSQL database (``postgresql://user:password@host:port/database``)

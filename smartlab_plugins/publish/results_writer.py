@@ -41,49 +41,21 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from smartlab_plugins import spool
 from smartlab_plugins.hookspecs import Results
+from smartlab_plugins.publish import journal
+from smartlab_plugins.publish.layout import (
+    ANALYSIS_SPEC,
+    ERRORS_KEY,
+    EVENTS_KEY,
+    ROOT_KEY,
+    STREAM_SPEC,
+    ErrorRecord,
+    json_clean,
+    part_key,
+)
+from smartlab_plugins.publish.retry import Backoff, is_conflict
 
 logger = logging.getLogger(__name__)
-
-ROOT_KEY = "smartlab"
-ANALYSIS_SPEC = "SmartLabAnalysis"
-STREAM_SPEC = "SmartLabStream"
-EVENTS_KEY = "events"
-ERRORS_KEY = "errors"
-PART_DIGITS = 6
-
-
-@dataclass(frozen=True)
-class ErrorRecord:
-    """One failure, as published in an analysis' ``errors`` table."""
-
-    plugin: str
-    stage: str
-    stream: str
-    seq_num: int
-    error: str
-    message: str
-    traceback: str = ""
-
-
-def part_key(index: int) -> str:
-    return f"{index:0{PART_DIGITS}d}"
-
-
-def json_clean(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): json_clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 @dataclass
@@ -121,54 +93,8 @@ class _Round:
 
     def load(self) -> list[Write]:
         if self.writes is None:
-            self.writes = spool.load(self.path) if self.path is not None else []
+            self.writes = journal.load(self.path) if self.path is not None else []
         return self.writes
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failed request may succeed later: Tiled away, restarting or overloaded."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        code = exc.response.status_code
-        return code >= 500 or code in (408, 429)
-    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
-
-
-def _is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
-
-
-@dataclass
-class Backoff:
-    """When to try a failed request to Tiled again: exponential backoff, capped.
-
-    A transient failure (Tiled away, restarting, overloaded) is retried after
-    ``initial`` seconds, doubling up to ``maximum``, for as long as it lasts;
-    a 5xx answer at most ``server_error_attempts`` times, since a server that
-    answers but fails may fail for good. Anything else is not retried.
-    """
-
-    initial: float = 0.5
-    maximum: float = 10.0
-    server_error_attempts: int = 5
-    attempts: int = 0
-    delay: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.delay = self.initial
-
-    def next_delay(self, exc: BaseException) -> float | None:
-        """Seconds to wait before retrying after ``exc``, or None to give the request up."""
-        self.attempts += 1
-        server_error = isinstance(exc, httpx.HTTPStatusError)
-        if not is_transient(exc) or (server_error and self.attempts > self.server_error_attempts):
-            self.succeeded()  # given up: the next request starts afresh
-            return None
-        delay, self.delay = self.delay, min(self.delay * 2, self.maximum)
-        return delay
-
-    def succeeded(self) -> None:
-        """A request went through: the next failure starts from ``initial`` again."""
-        self.attempts, self.delay = 0, self.initial
 
 
 class Publisher:
@@ -183,7 +109,7 @@ class Publisher:
     Flushing and closing never wait for either.
 
     With a ``journal_dir``, every round is stored on local disk before it is
-    sent and removed once Tiled has it (:mod:`smartlab_plugins.spool`). When
+    sent and removed once Tiled has it (:mod:`smartlab_plugins.publish.journal`). When
     Tiled cannot be reached, or answers 5xx, the publisher retries the round
     with exponential backoff (``retry_initial`` up to ``retry_max`` seconds)
     and keeps queuing new rounds on disk meanwhile, so memory stays bounded
@@ -212,7 +138,7 @@ class Publisher:
         self._backoff = Backoff(retry_initial, retry_max, server_error_attempts)
         self._last_round = 0.0
         self._ops: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._journal = spool.Journal(journal_dir, tiled_uri) if journal_dir else None
+        self._journal = journal.Journal(journal_dir, tiled_uri) if journal_dir else None
         self._backlog: deque[_Round] = deque()
         if self._journal is not None:
             self._backlog.extend(_Round(None, path) for path in self._journal.adopt_orphans())
@@ -571,7 +497,7 @@ class Publisher:
                     write.key, metadata=write.metadata, specs=write.specs
                 )
             except Exception as exc:
-                if not _is_conflict(exc):
+                if not is_conflict(exc):
                     raise
                 node = parent[write.key]  # made before a crash or a lost answer: keep it
             self._handles[write.path] = node
@@ -579,7 +505,7 @@ class Publisher:
         try:
             self._write_part(parent, write)
         except Exception as exc:
-            if not _is_conflict(exc):
+            if not is_conflict(exc):
                 raise
             # Made before a crash or a lost answer, perhaps without its data (the node and
             # its data are two requests): write the same data into it again.
@@ -606,158 +532,3 @@ def _same_shape_groups(ops: list[tuple]) -> list[list[tuple]]:
             groups.append([op])
             signature = this
     return groups
-
-
-#: Events the raw-run writer keeps before writing them as rows: TiledWriter's default (10,000)
-#: held ~140 MB of a beam monitor's rows in the worker before its first write.
-RAW_BATCH_SIZE = 1_000
-
-
-class RawRunWriter:
-    """The raw documents of each run to Tiled, via ``TiledWriter``, on a thread of its own.
-
-    ``TiledWriter`` inline on the RunEngine thread costs about 40% of a fast
-    scan; here it runs beside the analysis, off the RunEngine's process by
-    default. It receives documents already normalized by the batch
-    assembler's ``RunNormalizer`` (so they are normalized and validated once,
-    not twice). While Tiled is unreachable the document is retried with
-    backoff and the next ones wait in memory (up to ``max_pending``); a 5xx
-    answer is retried three times. Other failures are logged, rate-limited,
-    and never stop the analysis; each is counted, in all (``failures``) and
-    per run (:meth:`run_failures`), so the run's analyses and summary say so.
-    """
-
-    def __init__(
-        self,
-        client_factory: Callable[[], Any],
-        max_pending: int = 1_000_000,
-        retry_initial: float = 0.5,
-        retry_max: float = 10.0,
-    ) -> None:
-        self._client_factory = client_factory
-        self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._backoff = Backoff(retry_initial, retry_max, server_error_attempts=3)
-        self._giving_up = threading.Event()
-        self.failures = 0
-        self._run_of_descriptor: dict[str, str] = {}
-        self._failures_by_run: dict[str, int] = {}
-        self._finished: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="smartlab-raw-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, name: str, doc: Any) -> None:
-        run_uid = self._note(name, doc)
-        try:
-            self._docs.put_nowait((name, doc))
-        except queue.Full:
-            self._count(run_uid)
-            logger.error("raw run writer queue full: a %s document was not written to Tiled", name)
-            if name == "stop":
-                self._finished_event(run_uid).set()
-
-    def run_failures(self, run_uid: str, timeout: float = 0.0) -> tuple[int, bool]:
-        """Documents of the run that could not be written, and whether its stop was handled.
-
-        Waits up to ``timeout`` seconds for the writer to reach the run's stop
-        document; a count with ``False`` may still grow.
-        """
-        done = self._finished_event(run_uid).wait(timeout)
-        with self._lock:
-            failures = self._failures_by_run.get(run_uid, 0)
-            if done:
-                self._failures_by_run.pop(run_uid, None)
-                self._finished.pop(run_uid, None)
-        return failures, done
-
-    def _note(self, name: str, doc: Any) -> str | None:
-        """The run a document belongs to (remembering descriptors), or None if unknown."""
-        try:
-            if name == "start":
-                return doc["uid"]
-            if name == "descriptor":
-                self._run_of_descriptor[doc["uid"]] = doc["run_start"]
-            if name in ("descriptor", "stop", "stream_resource"):
-                return doc["run_start"]
-            if name in ("event", "event_page", "stream_datum"):
-                return self._run_of_descriptor.get(doc["descriptor"])
-        except (KeyError, TypeError):
-            pass
-        return None
-
-    def _count(self, run_uid: str | None) -> None:
-        with self._lock:
-            self.failures += 1
-            if run_uid is not None:
-                self._failures_by_run[run_uid] = self._failures_by_run.get(run_uid, 0) + 1
-
-    def _finished_event(self, run_uid: str | None) -> threading.Event:
-        with self._lock:
-            return self._finished.setdefault(run_uid, threading.Event())
-
-    def flush(self, timeout: float | None = None) -> bool:
-        done = threading.Event()
-        self._docs.put(("__barrier__", done))
-        return done.wait(timeout)
-
-    def close(self, timeout: float | None = 60.0) -> bool:
-        flushed = self.flush(timeout)
-        if not flushed:
-            self._giving_up.set()  # Tiled still away: stop retrying
-        self._docs.put(("__exit__", None))
-        self._thread.join(timeout=5)
-        return flushed
-
-    def _run(self) -> None:
-        from bluesky_tiled_plugins import TiledWriter
-
-        writer = None
-        while True:
-            name, doc = self._docs.get()
-            if name == "__barrier__":
-                doc.set()
-                continue
-            if name == "__exit__":
-                return
-            while True:
-                try:
-                    if writer is None:
-                        writer = TiledWriter(
-                            self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
-                        )
-                    writer(name, doc)
-                except Exception as exc:
-                    delay = self._backoff.next_delay(exc)
-                    if delay is not None and not self._giving_up.is_set():
-                        if self._backoff.attempts == 1:
-                            logger.error(
-                                "cannot write the raw run to Tiled (%s: %s); retrying with "
-                                "backoff, its documents wait meanwhile",
-                                type(exc).__name__,
-                                exc,
-                            )
-                        self._giving_up.wait(delay)
-                        continue
-                    self._failed(name, doc, exc)
-                else:
-                    self._backoff.succeeded()
-                break
-            if name == "stop":
-                run_uid = self._note(name, doc)
-                self._finished_event(run_uid).set()
-                self._forget_descriptors(run_uid)
-
-    def _forget_descriptors(self, run_uid: str | None) -> None:
-        for uid in [d for d, run in self._run_of_descriptor.items() if run == run_uid]:
-            del self._run_of_descriptor[uid]
-
-    def _failed(self, name: str, doc: Any, exc: Exception) -> None:
-        self._count(self._note(name, doc))
-        if self.failures == 1 or self.failures % 100 == 0:
-            logger.error(
-                "could not write a raw %s document to Tiled (%d failures so far): %s: %s",
-                name,
-                self.failures,
-                type(exc).__name__,
-                exc,
-            )

@@ -1,0 +1,168 @@
+"""The raw run to Tiled through bluesky-tiled-plugins' ``TiledWriter``, off the RunEngine."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from smartlab_plugins.publish.retry import Backoff
+
+logger = logging.getLogger(__name__)
+
+
+#: Events the raw-run writer keeps before writing them as rows: TiledWriter's default (10,000)
+#: held ~140 MB of a beam monitor's rows in the worker before its first write.
+RAW_BATCH_SIZE = 1_000
+
+
+class RawRunWriter:
+    """The raw documents of each run to Tiled, via ``TiledWriter``, on a thread of its own.
+
+    ``TiledWriter`` inline on the RunEngine thread costs about 40% of a fast
+    scan; here it runs beside the analysis, off the RunEngine's process by
+    default. It receives documents already normalized by the batch
+    assembler's ``RunNormalizer`` (so they are normalized and validated once,
+    not twice). While Tiled is unreachable the document is retried with
+    backoff and the next ones wait in memory (up to ``max_pending``); a 5xx
+    answer is retried three times. Other failures are logged, rate-limited,
+    and never stop the analysis; each is counted, in all (``failures``) and
+    per run (:meth:`run_failures`), so the run's analyses and summary say so.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any],
+        max_pending: int = 1_000_000,
+        retry_initial: float = 0.5,
+        retry_max: float = 10.0,
+    ) -> None:
+        self._client_factory = client_factory
+        self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._backoff = Backoff(retry_initial, retry_max, server_error_attempts=3)
+        self._giving_up = threading.Event()
+        self.failures = 0
+        self._run_of_descriptor: dict[str, str] = {}
+        self._failures_by_run: dict[str, int] = {}
+        self._finished: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="smartlab-raw-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, name: str, doc: Any) -> None:
+        run_uid = self._note(name, doc)
+        try:
+            self._docs.put_nowait((name, doc))
+        except queue.Full:
+            self._count(run_uid)
+            logger.error("raw run writer queue full: a %s document was not written to Tiled", name)
+            if name == "stop":
+                self._finished_event(run_uid).set()
+
+    def run_failures(self, run_uid: str, timeout: float = 0.0) -> tuple[int, bool]:
+        """Documents of the run that could not be written, and whether its stop was handled.
+
+        Waits up to ``timeout`` seconds for the writer to reach the run's stop
+        document; a count with ``False`` may still grow.
+        """
+        done = self._finished_event(run_uid).wait(timeout)
+        with self._lock:
+            failures = self._failures_by_run.get(run_uid, 0)
+            if done:
+                self._failures_by_run.pop(run_uid, None)
+                self._finished.pop(run_uid, None)
+        return failures, done
+
+    def _note(self, name: str, doc: Any) -> str | None:
+        """The run a document belongs to (remembering descriptors), or None if unknown."""
+        try:
+            if name == "start":
+                return doc["uid"]
+            if name == "descriptor":
+                self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+            if name in ("descriptor", "stop", "stream_resource"):
+                return doc["run_start"]
+            if name in ("event", "event_page", "stream_datum"):
+                return self._run_of_descriptor.get(doc["descriptor"])
+        except (KeyError, TypeError):
+            pass
+        return None
+
+    def _count(self, run_uid: str | None) -> None:
+        with self._lock:
+            self.failures += 1
+            if run_uid is not None:
+                self._failures_by_run[run_uid] = self._failures_by_run.get(run_uid, 0) + 1
+
+    def _finished_event(self, run_uid: str | None) -> threading.Event:
+        with self._lock:
+            return self._finished.setdefault(run_uid, threading.Event())
+
+    def flush(self, timeout: float | None = None) -> bool:
+        done = threading.Event()
+        self._docs.put(("__barrier__", done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        flushed = self.flush(timeout)
+        if not flushed:
+            self._giving_up.set()  # Tiled still away: stop retrying
+        self._docs.put(("__exit__", None))
+        self._thread.join(timeout=5)
+        return flushed
+
+    def _run(self) -> None:
+        from bluesky_tiled_plugins import TiledWriter
+
+        writer = None
+        while True:
+            name, doc = self._docs.get()
+            if name == "__barrier__":
+                doc.set()
+                continue
+            if name == "__exit__":
+                return
+            while True:
+                try:
+                    if writer is None:
+                        writer = TiledWriter(
+                            self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
+                        )
+                    writer(name, doc)
+                except Exception as exc:
+                    delay = self._backoff.next_delay(exc)
+                    if delay is not None and not self._giving_up.is_set():
+                        if self._backoff.attempts == 1:
+                            logger.error(
+                                "cannot write the raw run to Tiled (%s: %s); retrying with "
+                                "backoff, its documents wait meanwhile",
+                                type(exc).__name__,
+                                exc,
+                            )
+                        self._giving_up.wait(delay)
+                        continue
+                    self._failed(name, doc, exc)
+                else:
+                    self._backoff.succeeded()
+                break
+            if name == "stop":
+                run_uid = self._note(name, doc)
+                self._finished_event(run_uid).set()
+                self._forget_descriptors(run_uid)
+
+    def _forget_descriptors(self, run_uid: str | None) -> None:
+        for uid in [d for d, run in self._run_of_descriptor.items() if run == run_uid]:
+            del self._run_of_descriptor[uid]
+
+    def _failed(self, name: str, doc: Any, exc: Exception) -> None:
+        self._count(self._note(name, doc))
+        if self.failures == 1 or self.failures % 100 == 0:
+            logger.error(
+                "could not write a raw %s document to Tiled (%d failures so far): %s: %s",
+                name,
+                self.failures,
+                type(exc).__name__,
+                exc,
+            )
