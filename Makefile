@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/memory.py --events 2000
 	$(BIN)/python benchmarks/file_backed.py --frames 1000
+	$(BIN)/python benchmarks/raw_staleness.py
 	$(BIN)/python benchmarks/summary.py
 
 ## make bench-memory: the memory benchmark over 100,000 events (about 18 minutes on 2 cores)

@@ -28,6 +28,7 @@ SCRIPTS = (
     ("scaling", "scaling.py"),
     ("memory", "memory.py"),
     ("file-backed", "file_backed.py"),
+    ("raw-staleness", "raw_staleness.py"),
 )
 BENCH_LIMIT_MINUTES = 10
 #: Runs too long for ``make bench``, with targets of their own: shown when their results exist,

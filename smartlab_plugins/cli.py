@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         public=args.public,
         catalog_uri=catalog,
         catalog_source=source,
+        streaming_cache=args.streaming_cache,
     )
     return 0
 
@@ -322,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the password may come from PGPASSWORD "
         "or ~/.pgpass instead); 'sqlite': SQLite files in the data folder (default: "
         "SMARTLAB_CATALOG_URI, else [server] catalog in the config file, else sqlite)",
+    )
+    serve.add_argument(
+        "--streaming-cache",
+        metavar="URI",
+        default="memory",
+        help="where Tiled keeps the updates it pushes to subscribers: 'memory' for one server "
+        "process (default), redis://HOST:PORT when several serve one catalog",
     )
     serve.add_argument("--config", type=Path, help="TOML config file (default: SMARTLAB_CONFIG)")
     add_api_key(

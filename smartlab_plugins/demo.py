@@ -21,7 +21,6 @@ import contextlib
 import logging
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from smartlab_plugins import settings
 
 QUERY_SNIPPET = """\
 import os
-import pandas
 from tiled.client import from_uri
 from tiled.queries import Key
 
@@ -48,8 +46,7 @@ analysis = (
     .values()
     .first()
 )
-events = analysis["primary"]["events"]  # immutable parts, one per batch
-table = pandas.concat([part.read() for _, part in sorted(events.items())])
+table = analysis["primary"]["events"].read()  # one row per analysed event
 print(table)
 print(analysis.metadata["summary"])"""
 
@@ -204,7 +201,7 @@ class InstrumentScan:
     plugin: str
     columns: list[str]
     uids: list[str] = field(default_factory=list)
-    #: watched in Tiled during the scan: (analysis node) -> a note once what it waits for is there
+    #: followed in Tiled during the scan: (new rows) -> a note once what it waits for is there
     watch: Callable[[Any], str | None] | None = None
     live_note: str = ""  # what the watch saw, and at which event of the scan
     #: adds columns to compare with: (client, run uid, analysis node, table) -> table
@@ -328,76 +325,68 @@ def _instrument_scans(
 
 
 class LiveWatch:
-    """Polls Tiled from another thread while a scan runs, as any other client would.
+    """Follows the plugin's results in Tiled while a scan runs, as any other client would.
 
-    A subscription on the RunEngine only notes the run uid and counts events
-    (O(1)); a thread reads the plugin's results every 50 ms and asks
-    ``probe(analysis)`` whether what it waits for is there, noting the event
-    the scan had reached at that moment: evidence that results are readable
-    during the scan, not only after it.
+    A subscription on the RunEngine notes the run uid at the start document,
+    starts :func:`smartlab_plugins.results.follow` (Tiled pushes each batch of
+    rows as it is published) and counts events (O(1)). Each batch goes to
+    ``probe(rows)``, which says whether what it waits for is there; the note
+    names the event the scan had reached when it arrived: evidence that results
+    reach other clients during the scan, not only after it.
     """
 
-    def __init__(self, RE: Any, client: Any, plugin: str, probe: Callable[[Any], str | None]):
+    def __init__(
+        self, RE: Any, client: Any, plugin: str, probe: Callable[[Any], str | None]
+    ) -> None:
         self.RE, self.client, self.plugin, self.probe = RE, client, plugin, probe
-        self.uid: str | None = None
         self.events = 0
         self.stopped = False
         self.note = ""
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="demo-live-watch", daemon=True)
+        self._follower: Any = None
 
     def __enter__(self) -> LiveWatch:
         self._token = self.RE.subscribe(self._document)
-        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=10)
         self.RE.unsubscribe(self._token)
+        if self._follower is not None:
+            self._follower.close()
         if not self.note:
             self.note = "live: nothing to report before the scan ended"
 
     def _document(self, name: str, doc: dict[str, Any]) -> None:
+        from smartlab_plugins.results import follow
+
         if name == "start":
-            self.uid = doc["uid"]
+            self._follower = follow(self.client, doc["uid"], self.plugin, self._rows)
         elif name == "event":
             self.events = doc["seq_num"]
         elif name == "stop":
             self.stopped = True
 
-    def _poll(self) -> None:
-        from smartlab_plugins.results import find_analyses
-
-        while not self._done.wait(0.05):
-            if self.uid is None or self.stopped:
-                continue
-            reached, stopped = self.events, self.stopped
-            try:
-                analyses = find_analyses(self.client, run_uid=self.uid, plugin=self.plugin)
-                seen = self.probe(analyses[0]) if analyses else None
-            except Exception:  # a read that races the first write; the next poll retries
-                continue
-            if seen and not stopped:  # this read began before the stop document
-                self.note = f"live: {seen}, read from Tiled while the scan was at event {reached}"
-                return
+    def _rows(self, rows: Any) -> None:
+        reached, stopped = self.events, self.stopped
+        seen = None if self.note else self.probe(rows)
+        if seen and not stopped:
+            self.note = f"live: {seen}, pushed by Tiled while the scan was at event {reached}"
 
 
-def _flag_published(analysis: Any) -> str | None:
-    """Whether the transition flag is in Tiled yet."""
-    from smartlab_plugins.results import read_events
-
-    table = read_events(analysis)
-    flagged = table[table["flag"] == 1] if len(table) else table
+def _flag_published(rows: Any) -> str | None:
+    """Whether the transition flag is among these rows."""
+    flagged = rows[rows["flag"] == 1]
     return f"the flag of event {int(flagged['seq_num'].iloc[0])}" if len(flagged) else None
 
 
-def _masks_published(analysis: Any) -> str | None:
-    """How many phase maps are in Tiled, once there is one (from the parts' shapes, unread)."""
-    if "primary" not in analysis or "mask" not in analysis["primary"]:
-        return None
-    masks = sum(part.shape[0] for part in analysis["primary"]["mask"].values())
-    return f"{masks} phase map(s) of 256 x 256 pixels" if masks else None
+def _masks_published(rows: Any) -> str | None:
+    """The phase fractions of the first frames pushed (their masks are array parts beside)."""
+    first = rows.iloc[0]
+    fractions = ", ".join(
+        f"{name.removeprefix('fraction_')} {first[name]:.2f}"
+        for name in rows.columns
+        if name.startswith("fraction_")
+    )
+    return f"the phase fractions of frame {int(first['seq_num'])} ({fractions})"
 
 
 def _around_the_flag(table: Any) -> Any:

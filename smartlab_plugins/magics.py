@@ -1,19 +1,27 @@
 """``%smartlab``: the session's SmartLab at the IPython prompt.
 
-%smartlab status            queue depth, drops, the worker, recent analyses on the server
-%smartlab plugins           installed plugins, and which run in this session
-%smartlab enable NAME       run a plugin from the next run on
-%smartlab disable NAME      stop running a plugin from the next run on
-%smartlab latest [PLUGIN]   the newest results (of PLUGIN), fetched from Tiled
+IPython's ``magic_arguments`` parses the line, so ``%smartlab?`` shows the usage
+and a wrong argument is an IPython ``UsageError``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from smartlab_plugins.status import format_rows, format_table, recent_analyses
+
+# Each command, and whether it takes PLUGIN: "none", "optional" or "required".
+_COMMANDS = {
+    "status": "none",
+    "plugins": "none",
+    "enable": "required",
+    "disable": "required",
+    "latest": "optional",
+}
 
 
 @magics_class
@@ -25,23 +33,34 @@ class SmartLabMagics(Magics):
         self.smartlab = smartlab
         self.client = client
 
+    @magic_arguments()
+    @argument("command", nargs="?", choices=_COMMANDS, metavar="COMMAND", help="what to do")
+    @argument("plugin", nargs="?", metavar="PLUGIN", help="the plugin it applies to")
     @line_magic
     def smartlab(self, line: str) -> None:
-        """Dispatch ``%smartlab <command> [argument]``; with no command, print the usage."""
-        command, _, argument = line.strip().partition(" ")
-        actions = {
-            "status": self._status,
-            "plugins": self._plugins,
-            "enable": self._enable,
-            "disable": self._disable,
-            "latest": self._latest,
-        }
-        action = actions.get(command)
-        if action is None:
-            print(__doc__)
+        """The session's SmartLab: its worker, its plugins, their newest results.
+
+        status            queue depth, drops, the worker, recent analyses on the server
+        plugins           installed plugins, and which run in this session
+        enable PLUGIN     run a plugin from the next run on
+        disable PLUGIN    stop running a plugin from the next run on
+        latest [PLUGIN]   the newest results (of PLUGIN), fetched from Tiled
+
+        With no command, print this help.
+        """
+        magic = SmartLabMagics.smartlab  # self.smartlab is the SmartLab callback
+        args = parse_argstring(magic, line)
+        if args.command is None:
+            print(magic.__doc__)
             return
+        takes = _COMMANDS[args.command]
+        if takes == "required" and args.plugin is None:
+            raise UsageError(f"%smartlab {args.command} needs PLUGIN, the plugin's name")
+        if takes == "none" and args.plugin is not None:
+            raise UsageError(f"%smartlab {args.command} takes no PLUGIN, got {args.plugin!r}")
+        action = getattr(self, f"_{args.command}")
         try:
-            action(argument.strip())
+            action(args.plugin or "")
         except KeyError as exc:  # an unknown plugin: the message lists the known ones
             print(f"smartlab: {exc.args[0] if exc.args else exc}")
 

@@ -1,17 +1,17 @@
 """Reading SmartLab's results back from Tiled, during or after a run.
 
-Plain ``tiled.client`` is enough (see the README); these helpers only save
-the concatenation of immutable parts::
+Plain ``tiled.client`` is enough (see the query tutorial); these helpers save
+a few lines::
 
     from tiled.client import from_uri
-    from smartlab_plugins.results import find_analyses, read_events
+    from smartlab_plugins.results import find_analyses, follow, read_events
 
     client = from_uri(uri, api_key=key)
     (analysis,) = find_analyses(client, run_uid=uid, plugin="peak_stats")
     table = read_events(analysis)          # one row per analysed event
 
-    follower = EventFollower(analysis)     # during a run: only what is new, each part read once
-    new_rows = follower.poll()
+    with follow(client, uid, "peak_stats", print):   # during a run: rows pushed as published
+        ...
 """
 
 from __future__ import annotations
@@ -22,7 +22,18 @@ import numpy as np
 import pandas as pd
 from tiled.queries import Key
 
+from smartlab_plugins.following import Follower, follow
 from smartlab_plugins.publish import ERRORS_KEY, EVENTS_KEY, ROOT_KEY
+
+__all__ = [
+    "EventFollower",
+    "Follower",
+    "find_analyses",
+    "follow",
+    "read_array",
+    "read_errors",
+    "read_events",
+]
 
 
 def find_analyses(
@@ -44,61 +55,51 @@ def find_analyses(
 
 def read_events(analysis: Any, stream: str = "primary") -> pd.DataFrame:
     """Every per-event result of one stream so far, ordered by ``seq_num``."""
-    parts = _parts(analysis, stream, EVENTS_KEY)
-    if not parts:
+    tables = _tables(analysis, stream, EVENTS_KEY)
+    if not tables:
         return pd.DataFrame()
-    return _by_seq_num([part.read() for part in parts])
+    return _by_seq_num(tables)
 
 
 def read_array(analysis: Any, name: str, stream: str = "primary") -> np.ndarray:
     """An array result of one stream so far, one leading entry per event."""
-    parts = _parts(analysis, stream, name)
-    if not parts:
+    node = _child(analysis, stream, name)
+    if node is None or not len(node):
         return np.empty((0,))
-    return np.concatenate([np.asarray(part.read()) for part in parts])
+    return np.concatenate([np.asarray(part.read()) for part in _parts_of(node)])
 
 
 def read_errors(analysis: Any) -> pd.DataFrame:
     """Every error recorded for this analysis so far."""
-    parts = _parts(analysis, None, ERRORS_KEY)
-    if not parts:
+    tables = _tables(analysis, None, ERRORS_KEY)
+    if not tables:
         return pd.DataFrame(columns=["plugin", "stage", "stream", "seq_num", "error", "message"])
-    return pd.concat([part.read() for part in parts], ignore_index=True)
+    return pd.concat(tables, ignore_index=True)
 
 
 class EventFollower:
-    """The rows of one analysis' stream as they are published, each part read once.
+    """The rows of one analysis' stream as they are published, for a reader that polls.
 
-    Parts are immutable and numbered in the order they are written, so a
-    reader that remembers how many it has read asks the server only for the
-    ones after them: a refresh, one listing offset by that count, and one
-    read per new part. The cost of a poll does not grow with the run.
+    Each :meth:`poll` reads the ``events`` table and returns the rows past the
+    last ``seq_num`` returned. :func:`follow` is the way to be told instead of
+    asking: Tiled pushes each append to it as it lands.
     """
 
     def __init__(self, analysis: Any, stream: str = "primary") -> None:
         self.analysis = analysis
         self.stream = stream
-        self.parts_read = 0
-        self._events: Any = None
+        self.last_seq_num: int | None = None
 
     def poll(self) -> pd.DataFrame:
         """The rows published since the last poll (empty if none), ordered by ``seq_num``."""
-        events = self._events_node()
-        if events is None:
-            return pd.DataFrame()
-        parts = sorted(events.refresh().items()[self.parts_read :])  # one listing request
-        if not parts:
-            return pd.DataFrame()
-        self.parts_read += len(parts)
-        return _by_seq_num([part.read() for _, part in parts])
-
-    def _events_node(self) -> Any:
-        """The stream's events container, once it exists (the analysis is refreshed until then)."""
-        if self._events is None:
-            analysis = self.analysis.refresh()
-            if self.stream in analysis and EVENTS_KEY in analysis[self.stream]:
-                self._events = analysis[self.stream][EVENTS_KEY]
-        return self._events
+        table = read_events(self.analysis.refresh(), self.stream)
+        if table.empty:
+            return table
+        if self.last_seq_num is not None:
+            table = table[table["seq_num"] > self.last_seq_num].reset_index(drop=True)
+        if not table.empty:
+            self.last_seq_num = int(table["seq_num"].iloc[-1])
+        return table
 
 
 def _by_seq_num(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -107,12 +108,29 @@ def _by_seq_num(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return table.sort_values("seq_num", kind="stable").reset_index(drop=True)
 
 
-def _parts(analysis: Any, stream: str | None, name: str) -> list[Any]:
+def _tables(analysis: Any, stream: str | None, name: str) -> list[pd.DataFrame]:
+    """The table ``name`` (of ``stream``) as one frame in a list, or its parts' frames.
+
+    Analyses published before tables were appendable kept immutable parts.
+    """
+    node = _child(analysis, stream, name)
+    if node is None:
+        return []
+    if node.structure_family == "table":
+        return [node.read()]
+    return [part.read() for part in _parts_of(node)]
+
+
+def _child(analysis: Any, stream: str | None, name: str) -> Any:
     node = analysis
     for key in (stream, name):
         if key is None:
             continue
         if key not in node:
-            return []
+            return None
         node = node[key]
+    return node
+
+
+def _parts_of(node: Any) -> list[Any]:
     return [part for _, part in sorted(node.items(), key=lambda item: item[0])]

@@ -5,7 +5,7 @@ A writable Tiled catalog needs a file store *and* a SQL table store (the
 
     catalog.db        the catalog (SQLite)
     data/             arrays and tables written as files
-    tables.db         SQL tables (SQLite)
+    tables.db         SQL tables (SQLite, in WAL mode: readers never block appends)
     external/         the only area detector files are served from (e.g. ophyd's .npy
                       frames, areaDetector HDF5): the catalog and key are not readable
     api_key           generated key, mode 0600 (unless SMARTLAB_API_KEY is set)
@@ -17,6 +17,12 @@ share; arrays and other files stay in ``data/``.
 
 Every request needs the API key unless the server is started ``public``, in
 which case anyone may read and only key holders may write.
+
+Streaming is on: Tiled's streaming cache pushes every node creation, metadata
+update, array write and table append to websocket subscribers
+(``node.subscribe()`` in ``tiled.client``). One server process keeps the cache
+in memory; several processes serving one catalog share it in Redis
+(``--streaming-cache redis://…``).
 """
 
 from __future__ import annotations
@@ -106,24 +112,69 @@ def catalog_storage(data_dir: Path, catalog_uri: str | None = None) -> tuple[str
     ]
 
 
-def build_app(data_dir: Path, api_key: str, public: bool = False, catalog_uri: str | None = None):
-    """A Tiled FastAPI app serving a writable catalog in ``data_dir`` or in PostgreSQL."""
+#: The streaming cache of a single server process (see :func:`build_app`).
+MEMORY_CACHE = "memory"
+
+
+def build_app(
+    data_dir: Path,
+    api_key: str,
+    public: bool = False,
+    catalog_uri: str | None = None,
+    streaming_cache: str = MEMORY_CACHE,
+):
+    """A Tiled FastAPI app serving a writable catalog in ``data_dir`` or in PostgreSQL.
+
+    ``streaming_cache`` is where Tiled keeps what it pushes to subscribers:
+    ``memory`` for one server process, ``redis://…`` when several share the
+    catalog. (Given to the catalog in Python: ``tiled serve catalog --cache``
+    crashes in tiled 0.2.20.)
+    """
     from tiled.catalog import from_uri
-    from tiled.config import Authentication
+    from tiled.config import Authentication, StreamingCacheConfig
     from tiled.server.app import build_app as tiled_build_app
 
     paths = storage_paths(data_dir)
     for folder in (paths["files"], paths["external"]):
         folder.mkdir(parents=True, exist_ok=True)
     catalog, writable = catalog_storage(data_dir, catalog_uri)
+    pool: dict[str, int] = {}
+    if catalog_uri is None:
+        use_wal(paths["tables"])
+        # One connection to the SQLite tables: WAL lets readers and one writer work side by
+        # side, but two writers (the raw run's rows and the results' rows, appended at once)
+        # get "database is locked" from a pool of several. Requests queue for it instead.
+        pool = {"storage_pool_size": 1, "storage_max_overflow": 0}
     tree = from_uri(
         catalog,
         writable_storage=writable,
         readable_storage=[str(paths["external"])],  # never the catalog or the key beside it
         init_if_not_exists=True,
+        cache_config=StreamingCacheConfig(uri=streaming_cache).model_dump(),
+        **pool,
     )
     auth = Authentication(allow_anonymous_access=public, single_user_api_key=api_key)
     return tiled_build_app(tree, auth, serialization_registry=_serializers())
+
+
+def _shown_cache(uri: str) -> str:
+    return uri if uri == MEMORY_CACHE else redact(uri)
+
+
+def use_wal(tables: Path) -> None:
+    """Put the SQLite table store in write-ahead-log mode (the mode stays in the file).
+
+    In its default mode a reader of a table that is being appended to makes
+    the appends fail ("database is locked", HTTP 500); in WAL mode readers and
+    the writer do not block each other. (DuckDB, the other table store, crashes
+    the server in the same situation in tiled 0.2.20, so it is not used.)
+    """
+    import sqlite3
+
+    with sqlite3.connect(tables) as connection:
+        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise ServerStartError(f"could not put {tables} in WAL mode (SQLite answered {mode!r})")
 
 
 def _serializers():
@@ -189,6 +240,7 @@ def serve(
     public: bool = False,
     catalog_uri: str | None = None,
     catalog_source: str = "the caller",
+    streaming_cache: str = MEMORY_CACHE,
 ) -> None:
     """Run the embedded server in this process until interrupted.
 
@@ -214,7 +266,9 @@ def serve(
     from tiled.catalog.adapter import DatabaseInitializationError
 
     try:
-        app = build_app(data_dir, key, public=public, catalog_uri=catalog_uri)
+        app = build_app(
+            data_dir, key, public=public, catalog_uri=catalog_uri, streaming_cache=streaming_cache
+        )
     except DatabaseInitializationError as exc:
         last = (str(exc).strip().splitlines() or ["no output"])[-1]
         raise CatalogUnreachable(f"Tiled could not set up the catalog {catalog}: {last}") from None
@@ -233,6 +287,7 @@ def serve(
         f"  catalog:   {catalog}\n"
         f"  API key:   {source}\n"
         f"  access:    {access}\n"
+        f"  streaming: {_shown_cache(streaming_cache)} (clients: node.subscribe())\n"
         f"Clients: export SMARTLAB_TILED_URI=http://{host}:{port} SMARTLAB_API_KEY=<key>",
         flush=True,
     )
@@ -273,7 +328,8 @@ class EmbeddedServer:
     The server runs in its own process so that its work never competes with
     the RunEngine for the GIL. ``catalog_uri`` is a PostgreSQL database for the
     catalog and tables; None: SQLite in ``data_dir``, whatever the environment
-    or the config file say. Use as a context manager::
+    or the config file say. ``streaming_cache``: ``memory``, or a Redis URI shared
+    with other server processes of the same catalog. Use as a context manager::
 
         with EmbeddedServer(data_dir) as server:
             client = server.client()
@@ -288,12 +344,14 @@ class EmbeddedServer:
         public: bool = False,
         log_path: Path | None = None,
         catalog_uri: str | None = None,
+        streaming_cache: str = MEMORY_CACHE,
     ) -> None:
         self.data_dir = Path(data_dir or settings.default_data_dir()).expanduser().resolve()
         self.host = host
         self.port = port or free_port(host)
         self.public = public
         self.catalog_uri = catalog_uri
+        self.streaming_cache = streaming_cache
         self.log_path = log_path or self.data_dir / "server.log"
         self._explicit_key = api_key
         self.api_key: str | None = None
@@ -329,6 +387,8 @@ class EmbeddedServer:
             str(self.port),
             "--host",
             self.host,
+            "--streaming-cache",
+            self.streaming_cache,
         ]
         if self.public:
             cmd.append("--public")

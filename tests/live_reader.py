@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from tiled.client import from_uri
 from tiled.queries import Key
 
@@ -35,10 +34,8 @@ while time.time() < deadline:
         for analysis in found.values():
             stream = analysis.get("primary")
             if stream is not None and "events" in stream:
-                parts = [part.read() for _, part in sorted(stream["events"].items())]
-                if parts:
-                    table = pd.concat(parts)
-                    rows, seq = len(table), table["seq_num"].tolist()
+                table = stream["events"].read()  # an appendable table, read while it grows
+                rows, seq = len(table), table["seq_num"].tolist()
             status = analysis.metadata["status"]
             reads.append({"time": time.time(), "rows": rows, "seq": seq, "status": status})
             if status != "running":

@@ -166,6 +166,8 @@ def test_demo_against_a_running_server_publishes_results_another_process_finds(t
     assert "transition_lstm live" in result.stdout
     assert "summary: transition flagged at event" in result.stdout
     assert "micrograph_unet live" in result.stdout and "fraction_pearlite" in result.stdout
+    # the LSTM flags the transition mid-scan: Tiled pushes it to the demo's follower then
+    assert "pushed by Tiled while the scan was at event" in result.stdout, result.stdout
     assert 'Key("run_uid") == uid' in result.stdout
 
     client = from_uri(tiled_server.uri, api_key=API_KEY)  # only tiled.client, as a user would

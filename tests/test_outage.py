@@ -118,7 +118,7 @@ def test_a_killed_worker_leaves_its_results_for_the_next_one(
     os.kill(smartlab.status()["worker_pid"], signal.SIGKILL)
     wait_for(lambda: not smartlab.status()["worker_alive"], 30, "the worker to die")
     journals = [p for p in spool_dir.iterdir() if p.is_dir()]
-    assert journals and any(j.glob("*.pkl") for j in journals)
+    assert journals and any(list(j.glob("*.round")) for j in journals)
 
     own_server.start()
     successor = SmartLab(own_server.uri, API_KEY, plugins=["peak_stats"], raw=False)
@@ -127,7 +127,7 @@ def test_a_killed_worker_leaves_its_results_for_the_next_one(
     smartlab.close(timeout=5)
 
     assert_every_event_once(own_server.client(), uid, events)
-    assert not list(spool_dir.glob("*/*.pkl")), "rounds left in the journal"
+    assert not list(spool_dir.glob("*/*.round")), "rounds left in the journal"
 
 
 def test_results_replayed_twice_are_written_once(own_server: EmbeddedServer, tmp_path):
@@ -152,7 +152,7 @@ def test_results_replayed_twice_are_written_once(own_server: EmbeddedServer, tmp
         replayer = Publisher(own_server.client, journal_dir=journal, tiled_uri=own_server.uri)
         assert replayer.flush(timeout=60)
         assert replayer.close(timeout=60)
-        assert not list(journal.glob("*/*.pkl"))
+        assert not list(journal.glob("*/*.round"))
         shutil.rmtree(journal)
         shutil.copytree(copy, journal)
 

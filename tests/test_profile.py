@@ -11,9 +11,16 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from tiled_keys import API_KEY
+from traitlets.config import Config
+
+from smartlab_plugins.magics import SmartLabMagics, register
 
 FIRST_SESSION = """
 (uid,) = RE(bp.scan([beam], steer, -1, 1, 5))
@@ -96,3 +103,34 @@ def test_two_sessions_scan_analyse_and_carry_the_scan_id_on(tiled_server, tmp_pa
     assert f"last scan_id {last_scan_id})" in second
     assert f"FIRST SCAN_ID {last_scan_id + 1}" in second
     assert f"Transient Scan ID: {last_scan_id + 1}" in second
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """A real IPython shell with ``%smartlab``, no SmartLab behind it: parsing comes first."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    register(shell, smartlab=None, client=None)
+    yield shell
+    InteractiveShell.clear_instance()
+
+
+def test_smartlab_magic_shows_its_usage_and_refuses_wrong_arguments(shell, capsys):
+    shell.run_cell("%smartlab?")
+    shown = capsys.readouterr().out
+    assert "%smartlab [COMMAND] [PLUGIN]" in shown
+    assert "enable PLUGIN     run a plugin from the next run on" in shown
+    shell.run_line_magic("smartlab", "")
+    assert capsys.readouterr().out.strip() == SmartLabMagics.smartlab.__doc__.strip()
+    refused = {
+        "status --frobnicate": "unrecognized arguments: --frobnicate",
+        "enable peak_stats extra": "unrecognized arguments: extra",
+        "frobnicate": "invalid choice: 'frobnicate'",
+        "enable": "%smartlab enable needs PLUGIN",
+        "plugins peak_stats": "%smartlab plugins takes no PLUGIN, got 'peak_stats'",
+    }
+    for line, message in refused.items():
+        with pytest.raises(UsageError, match=re.escape(message)):
+            shell.run_line_magic("smartlab", line)

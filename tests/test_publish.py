@@ -94,6 +94,9 @@ def test_results_are_found_by_run_uid_and_plugin_with_their_provenance(RE, make_
     assert metadata["streams"] == ["primary"]
     assert len(read_events(analysis)) == 4
     assert client[uid].metadata["start"]["sample"] == "LaB6"
+    # found from the run itself
+    (path,) = client[uid].metadata["smartlab_analyses"]["peak_stats"]
+    assert client[path].metadata["analysis_uid"] == metadata["analysis_uid"]
 
 
 def test_a_follower_reads_each_new_row_once_during_and_after_the_scan(RE, make_smartlab, client):
@@ -126,8 +129,8 @@ def test_a_follower_reads_each_new_row_once_during_and_after_the_scan(RE, make_s
     pd.testing.assert_frame_equal(joined, read_events(analysis))
 
 
-def test_results_arriving_within_the_min_interval_are_merged_into_one_part(tiled_server, client):
-    parts = {}
+def test_results_arriving_within_the_min_interval_are_merged_into_one_append(tiled_server, client):
+    appends = {}
     for min_interval in (0.0, 1.0):
         publisher = Publisher(tiled_server.client, min_interval=min_interval)
         key = publisher.open_analysis({"plugin": "merge-test", "run_uid": f"merge-{min_interval}"})
@@ -140,11 +143,12 @@ def test_results_arriving_within_the_min_interval_are_merged_into_one_part(tiled
             time.sleep(0.2)
         assert publisher.close(30)
         (analysis,) = find_analyses(client, run_uid=f"merge-{min_interval}")
-        parts[min_interval] = len(analysis["primary"]["events"])
+        # the analysis and stream containers, then one write per append to the events table
+        appends[min_interval] = publisher.stats()["written"] - 2
         assert list(read_events(analysis)["value"]) == [float(s) for s in range(1, 11)]
-    # min_interval=1: the first event's part, then at most one a second over the 1.8 s that
-    # follow (two), and what close() flushes; min_interval=0: about one part per event.
-    assert parts[1.0] <= 4 and parts[0.0] >= 6, parts
+    # min_interval=1: the first event's append, then at most one a second over the 1.8 s that
+    # follow (two), and what close() flushes; min_interval=0: about one append per event.
+    assert appends[1.0] <= 4 and appends[0.0] >= 6, appends
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:

@@ -81,3 +81,49 @@ def test_a_key_tiled_would_refuse_is_refused_at_once(tmp_path):
     )
     assert result.returncode == 2
     assert "SMARTLAB_API_KEY must contain only letters and digits" in result.stderr
+
+
+def _pushed_child(server) -> tuple[str, dict]:
+    """Subscribe to a new container, make a child in it, and return what Tiled pushed."""
+    import threading
+
+    client = server.client()
+    parent = client.create_container(metadata={"streaming": "test"})
+    pushed: dict = {}
+    arrived = threading.Event()
+
+    def on_created(update) -> None:  # held weakly by Tiled: this frame keeps it
+        pushed.update(key=update.key, metadata=dict(update.metadata))
+        arrived.set()
+
+    subscription = parent.subscribe()
+    subscription.child_created.add_callback(on_created)
+    subscription.start_in_thread()
+    try:
+        parent.create_container("child", metadata={"answer": 42})
+        assert arrived.wait(10), "no update pushed"
+    finally:
+        subscription.disconnect()
+    return pushed["key"], pushed["metadata"]
+
+
+def test_the_server_streams_and_keeps_its_tables_in_wal_mode(tiled_server):
+    import sqlite3
+
+    assert _pushed_child(tiled_server) == ("child", {"answer": 42})
+    with sqlite3.connect(tiled_server.data_dir / "tables.db") as tables:
+        assert tables.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_streaming_cache_may_live_in_redis(tmp_path):
+    """What several server processes of one catalog need; ``smartlab serve --streaming-cache``."""
+    import redis
+
+    from smartlab_plugins.adaptive.qserver import RedisServer
+    from smartlab_plugins.server import EmbeddedServer
+
+    with RedisServer(tmp_path / "redis") as broker:
+        uri = f"redis://{broker.address}/1"
+        with EmbeddedServer(tmp_path / "tiled", streaming_cache=uri) as server:
+            assert _pushed_child(server) == ("child", {"answer": 42})
+            assert redis.Redis.from_url(uri).dbsize() > 0  # the update went through Redis

@@ -5,17 +5,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from smartlab_plugins.publish.retry import Backoff
+
+if TYPE_CHECKING:
+    from bluesky_tiled_plugins import TiledWriter
 
 logger = logging.getLogger(__name__)
 
 
-#: Events the raw-run writer keeps before writing them as rows: TiledWriter's default (10,000)
-#: held ~140 MB of a beam monitor's rows in the worker before its first write.
+#: Most events of a stream the raw-run writer keeps before writing them as rows, whatever
+#: their age: TiledWriter's default (10,000) held ~140 MB of a beam monitor's rows in the
+#: worker before its first write.
 RAW_BATCH_SIZE = 1_000
+#: Seconds a run's oldest buffered event row waits, at most, before the rows are written.
+RAW_MAX_DELAY = 0.5
 
 
 class RawRunWriter:
@@ -30,6 +38,11 @@ class RawRunWriter:
     answer is retried three times. Other failures are logged, rate-limited,
     and never stop the analysis; each is counted, in all (``failures``) and
     per run (:meth:`run_failures`), so the run's analyses and summary say so.
+
+    Event rows are written in batches, so that a reader of ``client[uid]["primary"]``
+    sees them during the scan: once :data:`RAW_BATCH_SIZE` of a stream are held, or
+    once a run's oldest held row has waited ``max_delay`` seconds, even if no more
+    documents come.
     """
 
     def __init__(
@@ -38,8 +51,13 @@ class RawRunWriter:
         max_pending: int = 1_000_000,
         retry_initial: float = 0.5,
         retry_max: float = 10.0,
+        max_delay: float = RAW_MAX_DELAY,
     ) -> None:
         self._client_factory = client_factory
+        self._max_delay = max_delay
+        self._writer: TiledWriter | None = None
+        #: Per run: when its oldest event row not yet written reached the writer (monotonic).
+        self._rows_since: dict[str | None, float] = {}
         self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
         self._backoff = Backoff(retry_initial, retry_max, server_error_attempts=3)
         self._giving_up = threading.Event()
@@ -114,55 +132,114 @@ class RawRunWriter:
         return flushed
 
     def _run(self) -> None:
-        from bluesky_tiled_plugins import TiledWriter
-
-        writer = None
         while True:
-            name, doc = self._docs.get()
+            self._write_due_rows()
+            try:
+                name, doc = self._docs.get(timeout=self._until_due())
+            except queue.Empty:
+                continue
             if name == "__barrier__":
                 doc.set()
                 continue
             if name == "__exit__":
                 return
-            while True:
-                try:
-                    if writer is None:
-                        writer = TiledWriter(
-                            self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
-                        )
-                    writer(name, doc)
-                except Exception as exc:
-                    delay = self._backoff.next_delay(exc)
-                    if delay is not None and not self._giving_up.is_set():
-                        if self._backoff.attempts == 1:
-                            logger.error(
-                                "cannot write the raw run to Tiled (%s: %s); retrying with "
-                                "backoff, its documents wait meanwhile",
-                                type(exc).__name__,
-                                exc,
-                            )
-                        self._giving_up.wait(delay)
-                        continue
-                    self._failed(name, doc, exc)
-                else:
-                    self._backoff.succeeded()
-                break
+            error = self._write(partial(self._write_document, name, doc))
+            run_uid = self._note(name, doc)
+            if error is not None:
+                self._failed(f"{name} document", run_uid, error)
+            if name in ("event", "event_page") and self._writer is not None:
+                self._rows_since.setdefault(run_uid, time.monotonic())
             if name == "stop":
-                run_uid = self._note(name, doc)
+                self._rows_since.pop(run_uid, None)
                 self._finished_event(run_uid).set()
                 self._forget_descriptors(run_uid)
 
+    def _write_document(self, name: str, doc: Any) -> None:
+        if self._writer is None:
+            from bluesky_tiled_plugins import TiledWriter
+
+            self._writer = TiledWriter(
+                self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
+            )
+        self._writer(name, doc)
+
+    def _until_due(self) -> float | None:
+        """Seconds until a run's buffered rows are due to be written; None if none are held."""
+        if not self._rows_since:
+            return None
+        oldest = min(self._rows_since.values())
+        return max(0.0, oldest + self._max_delay - time.monotonic())
+
+    def _write_due_rows(self) -> None:
+        """Write the event rows of each run whose oldest buffered row has waited ``max_delay``."""
+        now = time.monotonic()
+        for run_uid, since in list(self._rows_since.items()):
+            if now - since < self._max_delay:
+                continue
+            del self._rows_since[run_uid]
+            error = self._write(partial(_write_buffered_rows, self._writer, run_uid))
+            if error is not None:  # TiledWriter still holds the rows: try again later
+                self._rows_since[run_uid] = time.monotonic()
+                self._failed("batch of buffered event rows", run_uid, error)
+
+    def _write(self, write: Callable[[], None]) -> Exception | None:
+        """Make one write to Tiled, retrying with backoff; the error it was given up on, if any."""
+        while True:
+            try:
+                write()
+            except Exception as exc:
+                delay = self._backoff.next_delay(exc)
+                if delay is not None and not self._giving_up.is_set():
+                    if self._backoff.attempts == 1:
+                        logger.error(
+                            "cannot write the raw run to Tiled (%s: %s); retrying with "
+                            "backoff, its documents wait meanwhile",
+                            type(exc).__name__,
+                            exc,
+                        )
+                    self._giving_up.wait(delay)
+                    continue
+                return exc
+            self._backoff.succeeded()
+            return None
+
     def _forget_descriptors(self, run_uid: str | None) -> None:
-        for uid in [d for d, run in self._run_of_descriptor.items() if run == run_uid]:
+        for uid in [d for d, run in list(self._run_of_descriptor.items()) if run == run_uid]:
             del self._run_of_descriptor[uid]
 
-    def _failed(self, name: str, doc: Any, exc: Exception) -> None:
-        self._count(self._note(name, doc))
+    def _failed(self, what: str, run_uid: str | None, exc: Exception) -> None:
+        self._count(run_uid)
         if self.failures == 1 or self.failures % 100 == 0:
             logger.error(
-                "could not write a raw %s document to Tiled (%d failures so far): %s: %s",
-                name,
+                "could not write a raw %s to Tiled (%d failures so far): %s: %s",
+                what,
                 self.failures,
                 type(exc).__name__,
                 exc,
             )
+
+
+def _write_buffered_rows(writer: TiledWriter, run_uid: str | None) -> None:
+    """Write the event rows ``writer`` holds for run ``run_uid`` now, whatever their number.
+
+    bluesky-tiled-plugins (2.0.12, pinned) writes a stream's buffered rows only once
+    ``batch_size`` of them are held, or at the run's stop, and has no public way to
+    flush them. This makes, for each stream of the run, the call its ``_RunWriter.event``
+    makes at ``batch_size``, through private attributes: the ``RunRouter``'s callbacks
+    by start uid (a ``_RunWriter`` each, as ``normalizer=None`` and no backup are used),
+    ``_internal_data_cache``, ``_desc_nodes`` and ``_write_internal_data``. As in
+    ``TiledWriter``, rows whose write fails stay held, whole.
+    """
+    for run_writer in writer._run_router._factory_cbs_by_start.get(run_uid, ()):
+        for stream, rows in run_writer._internal_data_cache.items():
+            if rows:
+                kept = [dict(row) for row in rows]
+                try:
+                    run_writer._write_internal_data(rows, desc_node=run_writer._desc_nodes[stream])
+                except Exception:
+                    # It takes the array fields out of the rows before writing them: put them
+                    # back, so the retry writes the arrays too (a Tiled that refused the
+                    # connection wrote nothing).
+                    rows[:] = kept
+                    raise
+                rows.clear()

@@ -1,27 +1,12 @@
-"""Results to Tiled: the one place that writes.
+"""Analyses' results to Tiled, from a background thread, in order, batched, losslessly.
 
-Layout, under a top-level ``smartlab`` container::
-
-    smartlab/
-      <analysis uid>/            spec SmartLabAnalysis; metadata: run_uid, scan_id,
-                                 plugin, plugin_version, model, sha256, device, status, ...
-        <stream>/                spec SmartLabStream
-          events/000000, ...     tables: seq_num, time, the plugin's scalars
-          <array>/000000, ...    arrays: one leading entry per event
-        errors/000000, ...       tables: stage, stream, seq_num, error, message, traceback
-
-Every part is written once and never grows: tiled 0.2 fails readers of a node
-that is appended to under them, whereas a new immutable node is always read
-consistently. Readers concatenate the parts in key order
-(:mod:`smartlab_plugins.results` does it for them). Writes happen on the
-publisher's own thread; results that queue up while a write is in flight, or
-within ``min_interval`` of the last write, are merged into the next part, so
-HTTP round trips do not grow with the event rate: with tiled 0.2 a part costs
-the server tens of milliseconds to write and again to read, and a server kept
-busy by many small parts answers every client late.
-
-The raw run goes to Tiled through bluesky-tiled-plugins' ``TiledWriter``
-(:class:`RawRunWriter`), on its own thread too.
+Where they go is described in :mod:`smartlab_plugins.publish.layout`. Each
+round of writes is decided in full (every key, and for each table append the
+number of rows the table has before it) before any is sent, and kept in the
+journal on local disk until Tiled has all of it, so a round can be sent again
+after a crash or an outage without repeating rows. Results that queue up while
+a write is in flight, or within ``min_interval`` of the last write, are merged
+into the next append, so HTTP round trips do not grow with the event rate.
 """
 
 from __future__ import annotations
@@ -33,13 +18,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from smartlab_plugins.hookspecs import Results
 from smartlab_plugins.publish import journal
@@ -48,12 +33,14 @@ from smartlab_plugins.publish.layout import (
     ERRORS_KEY,
     EVENTS_KEY,
     ROOT_KEY,
+    RUN_LINKS_KEY,
     STREAM_SPEC,
     ErrorRecord,
     json_clean,
     part_key,
 )
 from smartlab_plugins.publish.retry import Backoff, is_conflict
+from smartlab_plugins.publish.tables import conform, rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +49,15 @@ logger = logging.getLogger(__name__)
 class Write:
     """One request to Tiled with every key decided beforehand, so repeating it is harmless.
 
-    ``kind`` is ``container``, ``table``, ``array`` or ``metadata``; ``parent``
-    the path below the ``smartlab`` container; ``key`` the node to create (or,
-    for ``metadata``, to update). A node that already exists is taken as it
-    is (containers) or filled again (parts: a part half-written before a crash
-    must not stay so: its data is written again).
+    ``kind`` is ``container``, ``rows``, ``array`` or ``metadata``; ``parent``
+    the path below the ``smartlab`` container; ``key`` the node to create, to
+    append to (``rows``: an appendable table, made by its first append) or to
+    update (``metadata``). A node that already exists is taken as it is
+    (containers) or filled again (array parts: one half-written before a crash
+    must not stay so). An append names ``rows_before``, the rows its table has
+    before it; when it is sent again (``verify``: after a failure whose outcome
+    is unknown, or from another process' journal), the rows already there are
+    counted and only the missing ones appended.
     """
 
     kind: str
@@ -76,10 +67,19 @@ class Write:
     metadata: dict[str, Any] | None = None
     specs: list[str] | None = None
     dims: list[str] | None = None
+    rows_before: int | None = None
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        self.parent = tuple(self.parent)  # a list when read back from the journal
 
     @property
     def path(self) -> tuple[str, ...]:
         return (*self.parent, self.key)
+
+    def record(self) -> dict[str, Any]:
+        """The fields as the journal stores them (``data`` is not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -88,12 +88,16 @@ class _Round:
 
     writes: list[Write] | None
     path: Path | None = None
+    adopted: bool = False  # left by another publisher: what it sent may be in Tiled already
     done: int = 0
     barriers: list[threading.Event] = field(default_factory=list)
 
     def load(self) -> list[Write]:
         if self.writes is None:
-            self.writes = journal.load(self.path) if self.path is not None else []
+            records = journal.load(self.path) if self.path is not None else []
+            self.writes = [Write(**r) for r in records]
+            for write in self.writes:
+                write.verify = write.verify or self.adopted
         return self.writes
 
 
@@ -141,12 +145,21 @@ class Publisher:
         self._journal = journal.Journal(journal_dir, tiled_uri) if journal_dir else None
         self._backlog: deque[_Round] = deque()
         if self._journal is not None:
-            self._backlog.extend(_Round(None, path) for path in self._journal.adopt_orphans())
+            self._backlog.extend(
+                _Round(None, path, adopted=True) for path in self._journal.adopt_orphans()
+            )
         self._retry_at = 0.0
         self._outage_since: float | None = None
         self._handles: dict[tuple[str, ...], Any] = {}
         self._planned: set[tuple[str, ...]] = set()
         self._next_index: dict[tuple[str, ...], int] = {}
+        self._rows: dict[tuple[str, ...], int] = {}  # per table: rows planned so far
+        self._schemas: dict[tuple[str, ...], pa.Schema] = {}
+        self._dropped_columns: set[tuple[str, ...]] = set()
+        self.journal_failures = 0  # rounds the disk refused (kept in memory instead)
+        self._run_of: dict[str, tuple[Any, Any]] = {}  # open analysis -> (run uid, plugin)
+        self._client: Any = None
+        self._journal_refusing = False
         self._root = None
         self._written = 0
         self._failed = 0
@@ -207,6 +220,7 @@ class Publisher:
             "written": self._written,
             "failed": self._failed,
             "backlog_rounds": len(self._backlog),
+            "journal_failures": self.journal_failures,
             "tiled_unreachable_for_s": (
                 round(time.monotonic() - self._outage_since, 1) if self._outage_since else 0.0
             ),
@@ -319,11 +333,38 @@ class Publisher:
     def _queue_round(self, writes: list[Write]) -> None:
         if not writes:
             return
-        path = self._journal.add(writes) if self._journal is not None else None
+        path = self._journal_round(writes)
         with self._lock:
             keep = writes if path is None or not self._backlog else None  # disk holds the rest
             self._backlog.append(_Round(keep, path))
             self._lock.notify_all()
+
+    def _journal_round(self, writes: list[Write]) -> Path | None:
+        """Store a round in the journal; None (kept in memory only) when the disk refuses it.
+
+        A full disk must not stop publishing: the round is kept in memory, and
+        the first refusal (and each 100th) is reported loudly.
+        """
+        if self._journal is None:
+            return None
+        try:
+            path = self._journal.add([w.record() for w in writes])
+        except OSError as exc:
+            self.journal_failures += 1
+            self._journal_refusing = True
+            if self.journal_failures == 1 or self.journal_failures % 100 == 0:
+                logger.error(
+                    "cannot keep results in the journal on local disk (%s; %d round(s) so far): "
+                    "they wait in memory instead and are lost if this process dies before "
+                    "Tiled has them",
+                    exc,
+                    self.journal_failures,
+                )
+            return None
+        if self._journal_refusing:
+            self._journal_refusing = False
+            logger.warning("the results journal on local disk takes rounds again")
+        return path
 
     def _drain(self) -> None:
         """Write the queued rounds in order, until done or Tiled fails us."""
@@ -333,6 +374,10 @@ class Publisher:
                 writes = head.load()
             except FileNotFoundError:
                 writes = []  # another publisher adopted and wrote it
+            except journal.CorruptRound as exc:
+                self._failed += 1
+                self._journal.quarantine(exc.path, exc.reason)
+                head.path, writes = None, []
             while head.done < len(writes):
                 try:
                     self._apply(writes[head.done])
@@ -359,6 +404,7 @@ class Publisher:
 
     def _retry_later(self, write: Write, exc: Exception) -> bool:
         """Decide after a failed write: True to retry it later, False to skip it."""
+        write.verify = True  # the request may have reached Tiled before it failed
         delay = self._backoff.next_delay(exc)
         if delay is not None:
             if self._outage_since is None:
@@ -414,10 +460,16 @@ class Publisher:
         return [*writes, Write(kind, parent, part_key(index), data=data, **kwargs)]
 
     def _plan_open(self, key: str, metadata: dict[str, Any]) -> list[Write]:
+        self._run_of[key] = (metadata.get("run_uid"), metadata.get("plugin"))
         return self._container((), key, metadata=metadata, specs=[ANALYSIS_SPEC])
 
     def _plan_close(self, key: str, metadata: dict[str, Any]) -> list[Write]:
-        return [Write("metadata", (), key, metadata=metadata)]
+        writes = [Write("metadata", (), key, metadata=metadata)]
+        run_uid, plugin = self._run_of.pop(key, (None, None))
+        if run_uid:  # the raw run names its analyses: findable from the run itself
+            link = {"plugin": plugin, "analysis": key}
+            writes.append(Write("link", (), str(run_uid), metadata=link))
+        return writes
 
     def _plan_pending(
         self,
@@ -430,9 +482,27 @@ class Publisher:
             for group in _same_shape_groups(appends.pop((key, stream))):
                 writes += self._plan_append(key, stream, group)
         for key in [k for k in errors if only is None or k == only]:
-            table = pd.DataFrame([asdict(r) for r in errors.pop(key)])
-            writes += self._part((key, ERRORS_KEY), "table", table)
+            records = [asdict(r) for r in errors.pop(key)]
+            columns = {name: [r[name] for r in records] for name in records[0]}
+            writes += self._append_rows((key,), ERRORS_KEY, rows(columns))
         return writes
+
+    def _append_rows(self, parent: tuple[str, ...], key: str, table: pa.Table) -> list[Write]:
+        """The write that appends ``table`` to the appendable table ``parent/key``."""
+        path = (*parent, key)
+        schema = self._schemas.setdefault(path, table.schema)
+        table, dropped = conform(table, schema)
+        if dropped and path not in self._dropped_columns:
+            self._dropped_columns.add(path)
+            logger.error(
+                "%s: results with columns %s the table's first rows did not have; they are "
+                "not published (a plugin should return the same scalars for every event)",
+                "/".join(path),
+                dropped,
+            )
+        before = self._rows.get(path, 0)
+        self._rows[path] = before + table.num_rows
+        return [Write("rows", parent, key, data=table, rows_before=before)]
 
     def _plan_append(self, key: str, stream: str, ops: list[tuple]) -> list[Write]:
         writes = self._container((key,), stream, metadata={"stream": stream}, specs=[STREAM_SPEC])
@@ -446,7 +516,7 @@ class Publisher:
             }
             for name in first.scalars:
                 columns[name] = np.concatenate([np.asarray(r.scalars[name]) for r in results])
-            writes += self._part((key, stream, EVENTS_KEY), "table", pd.DataFrame(columns))
+            writes += self._append_rows((key, stream), EVENTS_KEY, rows(columns))
         for name, value in first.arrays.items():
             stacked = np.concatenate([np.asarray(r.arrays[name]) for r in results])
             extra = first.dims.get(name) or tuple(f"dim_{i}" for i in range(1, np.ndim(value)))
@@ -473,6 +543,7 @@ class Publisher:
                     if ROOT_KEY not in client:  # lost a creation race: fine if it exists now
                         raise
             self._root = client[ROOT_KEY]
+            self._client = client
             self._handles = {}
         return self._root
 
@@ -489,6 +560,12 @@ class Publisher:
     def _apply(self, write: Write) -> None:
         if write.kind == "metadata":
             self._node(write.path).update_metadata(metadata=write.metadata)
+            return
+        if write.kind == "rows":
+            self._write_rows(write)
+            return
+        if write.kind == "link":
+            self._link_from_run(write)
             return
         parent = self._node(write.parent)
         if write.kind == "container":
@@ -513,10 +590,48 @@ class Publisher:
 
     @staticmethod
     def _write_part(parent, write: Write) -> None:
-        if write.kind == "table":
-            parent.write_table(write.data, key=write.key)
-        else:
-            parent.write_array(write.data, key=write.key, dims=write.dims, metadata=write.metadata)
+        parent.write_array(write.data, key=write.key, dims=write.dims, metadata=write.metadata)
+
+    def _link_from_run(self, write: Write) -> None:
+        """Name the analysis in its raw run's metadata (``smartlab_analyses``), if that run
+        is in Tiled (``raw=False``, or a raw writer that failed, leaves none: nothing to do)."""
+        self._client_root()
+        if write.key not in self._client:
+            return
+        run = self._client[write.key]
+        links = {k: list(v) for k, v in (run.metadata.get(RUN_LINKS_KEY) or {}).items()}
+        path = f"{ROOT_KEY}/{write.metadata['analysis']}"
+        paths = links.setdefault(str(write.metadata["plugin"]), [])
+        if path not in paths:
+            paths.append(path)
+            run.update_metadata(metadata={RUN_LINKS_KEY: links})
+
+    def _write_rows(self, write: Write) -> None:
+        """Append ``write``'s rows, making the table on its first append.
+
+        Appending is not idempotent, so a write sent again (``verify``) first
+        counts the rows there and appends only those still missing.
+        """
+        table: pa.Table = write.data
+        node = self._handles.get(write.path)
+        if node is None:
+            parent = self._node(write.parent)
+            if write.verify and write.key in parent:
+                node = parent[write.key]
+            else:
+                try:
+                    node = parent.create_appendable_table(table.schema, key=write.key)
+                except Exception as exc:
+                    if not is_conflict(exc):
+                        raise
+                    node = parent[write.key]  # made before a crash or a lost answer
+            self._handles[write.path] = node
+        if write.verify:
+            there = len(node.read(columns=[table.column_names[0]])) - (write.rows_before or 0)
+            if there >= table.num_rows:
+                return
+            table = table.slice(max(there, 0))
+        node.append_partition(0, table)
 
 
 def _same_shape_groups(ops: list[tuple]) -> list[list[tuple]]:

@@ -32,7 +32,8 @@ class Existing:
     """What Tiled already has of one analysis a dead worker began."""
 
     key: str
-    parts: dict[tuple[str, ...], int] = field(default_factory=dict)
+    parts: dict[tuple[str, ...], int] = field(default_factory=dict)  # array -> next part
+    rows: dict[tuple[str, ...], int] = field(default_factory=dict)  # table -> rows there
     done: dict[str, set[int]] = field(default_factory=dict)  # stream -> seq_nums
     errors: set[tuple] = field(default_factory=set)  # (stage, stream, seq_num, message)
 
@@ -62,6 +63,8 @@ class ResumingPublisher(Publisher):
             return super().open_analysis(metadata)
         # Decided here, on the worker's thread, before any write of this key is planned.
         self._next_index.update(existing.parts)
+        self._rows.update(existing.rows)
+        self._run_of[existing.key] = (metadata.get("run_uid"), metadata.get("plugin"))
         self._resumed[existing.key] = existing
         logger.info(
             "run %s plugin %s: carrying on analysis %s (%d event(s) already in Tiled)",
@@ -113,27 +116,28 @@ def existing_results(client: Any, run_uid: str) -> dict[str, Existing]:
         existing = Existing(key)
         for name, node in analysis.items():
             if name == ERRORS_KEY:
-                existing.parts[(key, ERRORS_KEY)] = _next_part(node)
-                for _, part in node.items():
-                    table = part.read()
-                    existing.errors |= set(
-                        zip(
-                            table["stage"],
-                            table["stream"],
-                            table["seq_num"],
-                            table["message"],
-                            strict=True,
-                        )
+                table = node.read()
+                existing.rows[(key, ERRORS_KEY)] = len(table)
+                existing.errors |= set(
+                    zip(
+                        table["stage"],
+                        table["stream"],
+                        table["seq_num"],
+                        table["message"],
+                        strict=True,
                     )
+                )
                 continue
             done = existing.done.setdefault(name, set())
-            for result, parts in node.items():
-                existing.parts[(key, name, result)] = _next_part(parts)
-                for _, part in parts.items():
-                    if result == EVENTS_KEY:
-                        done.update(int(s) for s in part.read()["seq_num"])
-                    else:
-                        done.update(int(s) for s in part.metadata.get("seq_num", ()))
+            for result, child in node.items():
+                if result == EVENTS_KEY:
+                    seq_nums = child.read(columns=["seq_num"])["seq_num"]
+                    existing.rows[(key, name, EVENTS_KEY)] = len(seq_nums)
+                    done.update(int(s) for s in seq_nums)
+                    continue
+                existing.parts[(key, name, result)] = _next_part(child)
+                for _, part in child.items():
+                    done.update(int(s) for s in part.metadata.get("seq_num", ()))
         found[analysis.metadata["plugin"]] = existing
     return found
 

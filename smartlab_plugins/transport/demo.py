@@ -91,7 +91,12 @@ def services(run_dir: Path, out: TextIO) -> Iterator[Services]:
     with RedisServer(run_dir / "redis") as redis:
         print("Starting PostgreSQL and a Tiled server on it (the results store) ...", file=out)
         with PostgresServer() as postgres:  # a folder of its own, which the postgres user can reach
-            tiled = EmbeddedServer(run_dir / "tiled", catalog_uri=postgres.uri)
+            # Tiled's streaming cache in Redis too: more server processes could share it
+            tiled = EmbeddedServer(
+                run_dir / "tiled",
+                catalog_uri=postgres.uri,
+                streaming_cache=f"redis://{redis.address}/1",
+            )
             with tiled:
                 yield Services(
                     f"redis://{redis.address}/0",

@@ -1,0 +1,284 @@
+"""Following an analysis as it is published, through Tiled's own subscriptions.
+
+:func:`follow` hands a callback each batch of rows the moment Tiled has it,
+in order and each row once, using nothing but ``tiled.client``: websocket
+subscriptions (``node.subscribe()``) to wait for the analysis, its stream and
+its ``events`` table to appear, then to the table's appends. No polling, no
+SmartLab process.
+
+Exactly once, in order: rows are delivered by increasing ``seq_num`` and a row
+is passed on only if its ``seq_num`` is past the last one delivered. Whenever
+the subscription (re)connects, it first reads the table as it is, then takes
+the appends pushed after it; so a follower that starts mid-run, or whose
+connection drops, gets everything it missed without gaps or repeats. Tiled's
+client reconnects by itself; if it gives up (the server away for longer than
+its retries), the follower subscribes afresh once the server answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+from tiled.client.stream import TableSubscription
+from tiled.queries import Key
+
+from smartlab_plugins.publish.layout import EVENTS_KEY, ROOT_KEY
+
+logger = logging.getLogger(__name__)
+
+#: How often the follower's own thread looks at whether it was closed or lost its subscription.
+CHECK_S = 0.2
+#: Wait before subscribing afresh after Tiled's client gave up reconnecting.
+RESUBSCRIBE_S = 2.0
+
+
+class _Closed(Exception):
+    """The follower was closed while waiting."""
+
+
+class _ResyncingTableSubscription(TableSubscription):
+    """A table subscription that, on every (re)connection, reads the table before the appends.
+
+    Tiled resumes a dropped subscription from the last message's sequence
+    number, which a restarted server no longer knows; reading the table on
+    connecting covers that and a follower that starts mid-run. (Hooks
+    ``_connect``, a private method of tiled 0.2.20's ``Subscription``, pinned.)
+    """
+
+    def __init__(self, node: Any, on_connect: Callable[[], None]) -> None:
+        super().__init__(node.context, node.path_parts)
+        self._on_connect = on_connect
+
+    def _connect(self, start: int | None = None, max_size: int = 1_000_000) -> None:
+        super()._connect(None, max_size=max_size)  # from now: the read covers what came before
+        try:
+            self._on_connect()
+        except Exception as exc:  # the server went away between the two: reconnect
+            raise ConnectionError(f"reading the table on connecting failed: {exc}") from exc
+
+
+class Follower:
+    """What :func:`follow` returns: close it (or leave its ``with`` block) to stop."""
+
+    def __init__(
+        self,
+        client: Any,
+        run_uid: str,
+        plugin: str,
+        callback: Callable[[pd.DataFrame], Any],
+        stream: str = "primary",
+        max_message_bytes: int = 64_000_000,
+    ) -> None:
+        self.run_uid = run_uid
+        self.plugin = plugin
+        self.stream = stream
+        self.analysis: Any = None  #: the analysis node, once it exists
+        self.rows_delivered = 0
+        self.error: BaseException | None = None  #: why following stopped, if it failed
+        self._client = client
+        self._callback = callback
+        self._max_size = max_message_bytes
+        self._last_seq_num: int | None = None
+        self._deliver_lock = threading.RLock()
+        self._closed = threading.Event()
+        self._subscriptions: list[Any] = []
+        self._subscribed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"smartlab-follow-{plugin}-{run_uid[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    # -- the user's side ---------------------------------------------------------
+
+    def wait_until_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the ``events`` table exists and is subscribed to; False on timeout."""
+        return self._subscribed.wait(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop following: no callback is called once this returns.
+
+        Not to be called from the callback itself (the callback runs on the
+        subscription's thread, which closing waits for).
+        """
+        self._closed.set()
+        for subscription in list(self._subscriptions):
+            _disconnect(subscription)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed.is_set() else "following"
+        return (
+            f"<Follower {self.plugin} of run {self.run_uid[:8]} stream {self.stream!r}: "
+            f"{state}, {self.rows_delivered} rows delivered>"
+        )
+
+    # -- the follower's thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            root = self._wait_for_child(self._client, key=ROOT_KEY)
+            self.analysis = self._wait_for_child(root, match=self._is_our_analysis)
+            stream = self._wait_for_child(self.analysis, key=self.stream)
+            events = self._wait_for_child(stream, key=EVENTS_KEY)
+            self._follow_table(events)
+        except _Closed:
+            pass
+        except Exception as exc:
+            self.error = exc
+            logger.error(
+                "following %s of run %s stopped: %s: %s",
+                self.plugin,
+                self.run_uid[:8],
+                type(exc).__name__,
+                exc,
+            )
+
+    def _is_our_analysis(self, metadata: dict[str, Any]) -> bool:
+        return metadata.get("run_uid") == self.run_uid and metadata.get("plugin") == self.plugin
+
+    def _wait_for_child(
+        self,
+        container: Any,
+        key: str | None = None,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Any:
+        """The child ``key`` (or whose metadata ``match``) of ``container``, once it exists.
+
+        Subscribes to the container's new children first and looks at those
+        there second, so a child made in between is not missed.
+        """
+        created: dict[str, str] = {}
+        arrived = threading.Event()
+
+        def on_created(update: Any) -> None:
+            if (key is not None and update.key == key) or (
+                match is not None and match(update.metadata or {})
+            ):
+                created.setdefault("key", update.key)
+                arrived.set()
+
+        subscription = container.subscribe()
+        subscription.child_created.add_callback(on_created)  # held weakly: kept alive here
+        self._start(subscription)
+        try:
+            found = self._existing_child(container, key, match)
+            if found is not None:
+                return found
+            while not arrived.wait(CHECK_S):
+                if self._closed.is_set():
+                    raise _Closed
+            return container[created["key"]]
+        finally:
+            _disconnect(subscription)
+            self._subscriptions.remove(subscription)
+
+    def _existing_child(
+        self, container: Any, key: str | None, match: Callable[[dict[str, Any]], bool] | None
+    ) -> Any:
+        container = container.refresh() if hasattr(container, "refresh") else container
+        if key is not None:
+            return container.get(key, None)
+        found = container.search(Key("run_uid") == self.run_uid).search(
+            Key("plugin") == self.plugin
+        )
+        candidates = [node for node in found.values() if match(dict(node.metadata))]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda node: node.metadata.get("started", 0))
+
+    def _follow_table(self, events: Any) -> None:
+        """Subscribe to the table's appends; subscribe afresh whenever Tiled's client gives up."""
+        while not self._closed.is_set():
+            subscription = _ResyncingTableSubscription(events, lambda: self._read_all(events))
+            on_rows = self._on_rows  # bound method: held weakly by the registry, kept here
+            subscription.new_data.add_callback(on_rows)
+            try:
+                self._start(subscription)
+            except Exception as exc:
+                logger.warning(
+                    "cannot subscribe to %s of run %s (%s); trying again in %.0f s",
+                    self.plugin,
+                    self.run_uid[:8],
+                    exc,
+                    RESUBSCRIBE_S,
+                )
+                self._subscriptions.remove(subscription)
+                if self._closed.wait(RESUBSCRIBE_S):
+                    return
+                continue
+            self._subscribed.set()
+            while subscription._thread.is_alive() and not self._closed.wait(CHECK_S):
+                pass
+            _disconnect(subscription)
+            self._subscriptions.remove(subscription)
+            if not self._closed.wait(RESUBSCRIBE_S):
+                logger.warning(
+                    "the subscription to %s of run %s ended; subscribing afresh",
+                    self.plugin,
+                    self.run_uid[:8],
+                )
+
+    def _start(self, subscription: Any) -> None:
+        self._subscriptions.append(subscription)
+        subscription.start_in_thread(max_size=self._max_size)
+
+    def _read_all(self, events: Any) -> None:
+        self._deliver(events.read())
+
+    def _on_rows(self, update: Any) -> None:
+        self._deliver(update.data())
+
+    def _deliver(self, table: pd.DataFrame) -> None:
+        """Pass on the rows past the last delivered ``seq_num``, in order, once each."""
+        with self._deliver_lock:
+            if self._closed.is_set() or table is None or len(table) == 0:
+                return
+            table = table.sort_values("seq_num", kind="stable")
+            if self._last_seq_num is not None:
+                table = table[table["seq_num"] > self._last_seq_num]
+            if table.empty:
+                return
+            self._last_seq_num = int(table["seq_num"].iloc[-1])
+            self.rows_delivered += len(table)
+            try:
+                self._callback(table.reset_index(drop=True))
+            except Exception:
+                logger.exception("the callback following %s raised; following goes on", self.plugin)
+
+
+def _disconnect(subscription: Any) -> None:
+    with contextlib.suppress(Exception):  # already closed, or never connected
+        subscription.disconnect()
+
+
+def follow(
+    client: Any,
+    run_uid: str,
+    plugin: str,
+    callback: Callable[[pd.DataFrame], Any],
+    stream: str = "primary",
+) -> Follower:
+    """Call ``callback(rows)`` with each batch of ``plugin``'s results for a run as published.
+
+    ``rows`` is a ``pandas.DataFrame`` of the rows new since the last call
+    (``seq_num``, ``time``: the event's time, and the plugin's scalars), in
+    ``seq_num`` order; every row comes exactly once, also when following
+    starts mid-run (the rows so far come first) or the connection drops. The
+    analysis need not exist yet. Returns at once; the callback runs on a
+    thread of Tiled's client. Stop with ``.close()`` or a ``with`` block::
+
+        with follow(client, uid, "peak_stats", print):
+            RE(count([det], 100))
+    """
+    return Follower(client, run_uid, plugin, callback, stream)
