@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ import pluggy
 from smartlab_plugins import settings
 from smartlab_plugins.adaptive import protocol
 from smartlab_plugins.adaptive.protocol import Observation, PlanContext, StopRequest, Suggestion
+from smartlab_plugins.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,12 @@ def decision_uid(experiment: str, round_: int) -> str:
     return str(uuid.uuid5(_DECISION_NAMESPACE, f"{experiment}/{round_}"))
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long to wait between attempts: ``first``, times ``factor`` each time, at most ``cap``."""
+#: The agent's default retry timing: 0.5 s doubling to 10 s, given up after 5 minutes.
+DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=10.0, give_up_after=300.0)
 
-    first: float = 0.5
-    factor: float = 2.0
-    cap: float = 10.0
-    #: Seconds of failed attempts after which the agent gives up (AgentError).
-    give_up_after: float = 300.0
+
+def _always(exc: BaseException) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,9 @@ class QueueAgent:
     points_per_round
         How many points the planner is asked for each round.
     backoff
-        Retry timing for an unreachable queueserver or Tiled.
+        Retry timing for an unreachable queueserver or Tiled: the project's one
+        policy, :class:`~smartlab_plugins.retry.Backoff` (default: 0.5 s doubling to
+        10 s, ``AgentError`` after 300 s of failures).
     results_timeout
         Seconds to wait for a finished run's results to be complete in Tiled.
     api
@@ -170,7 +170,7 @@ class QueueAgent:
         tiled_uri: str | None = None,
         api_key: str | None = None,
         points_per_round: int = 2,
-        backoff: RetryPolicy = RetryPolicy(),
+        backoff: Backoff | None = None,
         results_timeout: float = 120.0,
         poll_interval: float = 0.25,
         api: Any = None,
@@ -181,7 +181,7 @@ class QueueAgent:
         self.tiled_uri = tiled_uri or settings.tiled_uri()
         self.api_key = api_key or settings.api_key()
         self.points_per_round = points_per_round
-        self.backoff = backoff
+        self.backoff = backoff or DEFAULT_BACKOFF
         self.results_timeout = results_timeout
         self.poll_interval = poll_interval
         self._pm = pluggy.PluginManager(protocol.PROJECT_NAME)
@@ -370,14 +370,15 @@ class QueueAgent:
 
     def _retry(self, what: str, address: str | None, call: Callable[[], Any], errors: tuple) -> Any:
         """``call()``, retried with backoff while ``what`` at ``address`` does not answer."""
-        started = time.monotonic()
-        delay = self.backoff.first
+        # a fresh run of attempts for this call; every error in ``errors`` is worth waiting for
+        backoff = replace(self.backoff, transient=_always)
         while True:
             try:
-                return call()
+                result = call()
             except errors as exc:
-                waited = time.monotonic() - started
-                if waited + delay > self.backoff.give_up_after:
+                waited = backoff.failing_for()
+                delay = backoff.next_delay(exc)
+                if delay is None:
                     raise AgentError(
                         f"{what} at {address} unreachable for {waited:.0f} s, giving up: {exc}"
                     ) from exc
@@ -385,7 +386,8 @@ class QueueAgent:
                     "%s at %s unreachable, retrying in %.1f s (%s)", what, address, delay, exc
                 )
                 time.sleep(delay)
-                delay = min(delay * self.backoff.factor, self.backoff.cap)
+            else:
+                return result
 
     def _ensure_environment(self) -> None:
         status = self._queueserver(lambda: self._api.status(reload=True))

@@ -6,7 +6,7 @@ Modules, one job each:
 - :mod:`~smartlab_plugins.publish.results_writer`: :class:`Publisher`, analyses to Tiled
 - :mod:`~smartlab_plugins.publish.raw`: :class:`RawRunWriter`, the raw run via ``TiledWriter``
 - :mod:`~smartlab_plugins.publish.journal`: writes kept on local disk until Tiled has them
-- :mod:`~smartlab_plugins.publish.retry`: the one retry policy for requests to Tiled
+- :mod:`smartlab_plugins.retry` (beside it): the one retry policy of every network call
 """
 
 from smartlab_plugins.publish.layout import (
@@ -21,7 +21,7 @@ from smartlab_plugins.publish.layout import (
 )
 from smartlab_plugins.publish.raw import RawRunWriter
 from smartlab_plugins.publish.results_writer import Publisher, Write
-from smartlab_plugins.publish.retry import Backoff, is_transient
+from smartlab_plugins.retry import Backoff, is_transient
 
 __all__ = [
     "ANALYSIS_SPEC",

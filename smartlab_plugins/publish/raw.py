@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from smartlab_plugins.publish.retry import Backoff
+from smartlab_plugins.retry import Backoff
 
 if TYPE_CHECKING:
     from bluesky_tiled_plugins import TiledWriter

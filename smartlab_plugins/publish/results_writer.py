@@ -39,8 +39,8 @@ from smartlab_plugins.publish.layout import (
     json_clean,
     part_key,
 )
-from smartlab_plugins.publish.retry import Backoff, is_conflict
 from smartlab_plugins.publish.tables import conform, rows
+from smartlab_plugins.retry import Backoff, is_conflict
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from smartlab_plugins.publish import Publisher
 from smartlab_plugins.publish.resume import TRANSPORT, ResumingPublisher, existing_results
+from smartlab_plugins.retry import Backoff
 from smartlab_plugins.runner import Session, WorkerConfig
 from smartlab_plugins.transport import codec
 from smartlab_plugins.transport.settings import BrokerSettings, connect
@@ -377,7 +378,7 @@ class BrokerWorker:
         """Tell the publisher what Tiled has of ``runs`` (waiting while Tiled is away)."""
         from tiled.client import from_uri
 
-        delay = 0.5
+        backoff = Backoff(initial=0.5, maximum=10.0, transient=lambda exc: True)
         while not self._stopping.is_set():
             try:
                 client = from_uri(self.config.tiled_uri, api_key=self.config.api_key)
@@ -386,16 +387,16 @@ class BrokerWorker:
                         self.publisher.resume(run, plugin, existing)
                 return
             except Exception as exc:
+                delay = backoff.next_delay(exc)
                 logger.error(
                     "cannot read what Tiled has of %d run(s) taken over (%s: %s); retrying in "
-                    "%.0f s",
+                    "%.1f s",
                     len(runs),
                     type(exc).__name__,
                     exc,
                     delay,
                 )
                 self._stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
 
     def _beat(self) -> None:
         """Renew the leases and the worker's liveness every third of a lease."""

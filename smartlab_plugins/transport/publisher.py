@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from smartlab_plugins import settings as smartlab_settings
+from smartlab_plugins.retry import Backoff
 from smartlab_plugins.spool import DiskQueue
 from smartlab_plugins.transport import codec
 from smartlab_plugins.transport.settings import BrokerSettings, connect
@@ -38,6 +39,14 @@ RUN_KEYS["stream_resource"] = "run_start"
 PARENT_KEYS = {"event": "descriptor", "event_page": "descriptor", "datum": "resource"}
 PARENT_KEYS |= {"datum_page": "resource", "stream_datum": "stream_resource"}
 RETRY_MAX_S = 5.0
+
+
+class BrokerAway(ConnectionError):
+    """The broker did not answer (what the sender thread waits out)."""
+
+
+def _always(exc: BaseException) -> bool:
+    return True
 
 
 class BrokerPublisher:
@@ -111,7 +120,7 @@ class BrokerPublisher:
     # -- the sender thread ----------------------------------------------------
 
     def _run(self) -> None:
-        retry_in = 0.1
+        backoff = Backoff(initial=0.1, maximum=RETRY_MAX_S, transient=_always)
         while True:
             if self._down_since is None or not self._backlog():
                 self._wake.wait(timeout=1.0)
@@ -121,10 +130,9 @@ class BrokerPublisher:
             if self._down_since is not None or self._backlog():
                 self._to_disk(entries)
                 if self._drain():
-                    retry_in = 0.1
-                else:
-                    self._wake.wait(timeout=retry_in)
-                    retry_in = min(retry_in * 2, RETRY_MAX_S)
+                    backoff.succeeded()
+                else:  # the broker is still away
+                    self._wake.wait(timeout=backoff.next_delay(BrokerAway()))
             else:
                 for start in range(0, len(entries), self._batch):
                     if not self._send(entries[start : start + self._batch]):

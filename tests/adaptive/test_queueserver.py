@@ -23,11 +23,11 @@ from smartlab_plugins.adaptive.agent import (
     AgentError,
     QueueAgent,
     QueueTarget,
-    RetryPolicy,
     decision_uid,
 )
 from smartlab_plugins.adaptive.protocol import PlannerInfo, Suggestion, hookimpl
 from smartlab_plugins.adaptive.qserver import RedisServer, REManager
+from smartlab_plugins.retry import Backoff
 from smartlab_plugins.server import EmbeddedServer, free_port
 
 TARGET = QueueTarget(
@@ -35,7 +35,7 @@ TARGET = QueueTarget(
     axes={"sample_x": (0.3, 0.6)},
     fallback=[{"sample_x": 0.3}, {"sample_x": 0.6}, {"sample_x": 0.45}],
 )
-FAST = RetryPolicy(first=0.5, factor=2.0, cap=2.0, give_up_after=60.0)
+FAST = Backoff(initial=0.5, maximum=2.0, give_up_after=60.0)
 
 
 class ScriptedPlanner:
@@ -264,7 +264,7 @@ def test_tiled_unreachable_is_retried_then_a_clear_error(
         zmq_control_addr=stack.manager.control_address,
         tiled_uri=uri,
         api_key=stack.tiled.api_key,
-        backoff=RetryPolicy(first=0.2, factor=2.0, cap=1.0, give_up_after=1.5),
+        backoff=Backoff(initial=0.2, maximum=1.0, give_up_after=1.5),
     )
     with pytest.raises(AgentError, match=f"Tiled at {uri} unreachable for 1 s, giving up"):
         agent.run(rounds=1)
