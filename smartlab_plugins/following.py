@@ -282,3 +282,47 @@ def follow(
             RE(count([det], 100))
     """
     return Follower(client, run_uid, plugin, callback, stream)
+
+
+class NodeChanges:
+    """Told by Tiled whenever a child is made, or its metadata updated, under some containers.
+
+    For a reader that waits for something to be finished in Tiled (a run's stop
+    document, an analysis leaving ``running``): it looks, then :meth:`wait`s for
+    the next push instead of polling. A container that cannot be subscribed to
+    (not there yet) is left out; ``wait``'s timeout covers it. Close it, or use
+    it in a ``with`` block.
+    """
+
+    def __init__(self, containers: list[Any]) -> None:
+        self._changed = threading.Event()
+        self._subscriptions: list[Any] = []
+        for container in containers:
+            try:
+                subscription = container.subscribe()
+                subscription.child_created.add_callback(self._on_change)
+                subscription.child_metadata_updated.add_callback(self._on_change)
+                subscription.start_in_thread()
+            except Exception as exc:
+                logger.debug("not subscribed to %s: %s", container, exc)
+                continue
+            self._subscriptions.append(subscription)
+
+    def _on_change(self, update: Any) -> None:
+        self._changed.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something changed since the last call (True), or ``timeout`` s pass."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
+
+    def close(self) -> None:
+        for subscription in self._subscriptions:
+            _disconnect(subscription)
+
+    def __enter__(self) -> NodeChanges:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

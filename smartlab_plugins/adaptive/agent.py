@@ -53,6 +53,9 @@ def decision_uid(experiment: str, round_: int) -> str:
     return str(uuid.uuid5(_DECISION_NAMESPACE, f"{experiment}/{round_}"))
 
 
+#: Longest wait between two looks at whether a run's results are complete (Tiled pushes
+#: each change; this only covers a missed push).
+RESULTS_RECHECK_S = 5.0
 #: The agent's default retry timing: 0.5 s doubling to 10 s, given up after 5 minutes.
 DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=10.0, give_up_after=300.0)
 
@@ -511,23 +514,29 @@ class QueueAgent:
     def _read_observations(self, run_uid: str) -> list[Observation]:
         """A finished run's results as Observations, once Tiled has all of them.
 
-        Reads only nodes that no longer grow: the raw run after its stop
-        document, each analysis after its status left ``running`` (tiled 0.2
-        fails readers of a node being appended to).
+        Waits, told by Tiled's streaming (no polling), until the raw run has its
+        stop document and each analysis left ``running``; looks again at least
+        every ``RESULTS_RECHECK_S`` in case a push was missed.
         """
+        from smartlab_plugins.following import NodeChanges
+        from smartlab_plugins.publish import ROOT_KEY
         from smartlab_plugins.results import find_analyses, read_events
 
         deadline = time.monotonic() + self.results_timeout
-        while True:
-            run, analyses = self._tiled(lambda: self._finished(run_uid))
-            if run is not None and analyses is not None:
-                break
-            if time.monotonic() > deadline:
-                raise AgentError(
-                    f"results of run {run_uid} not complete in Tiled at {self.tiled_uri} after "
-                    f"{self.results_timeout:.0f} s (plugins {list(self.info.reads)})"
-                )
-            time.sleep(self.poll_interval)
+        roots = self._tiled(
+            lambda: [self._client, *([self._client[ROOT_KEY]] if ROOT_KEY in self._client else [])]
+        )
+        with NodeChanges(roots) as changes:  # Tiled pushes the stop and each status update
+            while True:
+                run, analyses = self._tiled(lambda: self._finished(run_uid))
+                if run is not None and analyses is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise AgentError(
+                        f"results of run {run_uid} not complete in Tiled at {self.tiled_uri} "
+                        f"after {self.results_timeout:.0f} s (plugins {list(self.info.reads)})"
+                    )
+                changes.wait(timeout=RESULTS_RECHECK_S)
         primary = run["primary"]
         positions = {axis: np.asarray(primary[axis].read()) for axis in self.target.axes}
         observations = []

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from bluesky_adaptive.protocols import ID_KEY, SupportsStoppingCriteria
 
 from smartlab_plugins.adaptive.protocol import (
     Observation,
@@ -34,8 +35,6 @@ from smartlab_plugins.adaptive.protocol import (
     Suggestion,
     hookimpl,
 )
-
-ID_KEY = "_id"  # bluesky_adaptive.protocols.ID_KEY
 
 
 class OptimizerPlanner:
@@ -105,10 +104,9 @@ class OptimizerPlanner:
 
     @hookimpl
     def smartlab_should_stop(self, plan: PlanContext) -> StopRequest | None:
-        should_stop = getattr(self.optimizer, "should_stop", None)
-        if should_stop is None:
+        if not isinstance(self.optimizer, SupportsStoppingCriteria):
             return None
-        stop, reason = should_stop()
+        stop, reason = self.optimizer.should_stop()
         return (
             StopRequest(reason or "the optimizer's stopping criterion", self.info.name)
             if stop
