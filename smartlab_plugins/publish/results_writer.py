@@ -379,6 +379,8 @@ class Publisher:
                 self._journal.quarantine(exc.path, exc.reason)
                 head.path, writes = None, []
             while head.done < len(writes):
+                if self._released:  # closed meanwhile: the journal is another publisher's now
+                    return
                 try:
                     self._apply(writes[head.done])
                 except Exception as exc:
@@ -430,7 +432,12 @@ class Publisher:
         return False
 
     def _leave(self) -> None:
-        """Hand what Tiled has not taken to a later publisher (once)."""
+        """Hand what Tiled has not taken to a later publisher (once).
+
+        Called by ``close()`` too when the writer thread is still inside a request
+        (tiled's client retries a refused connection for up to 45 s): that thread
+        then writes nothing more once its request returns.
+        """
         with self._lock:
             if self._journal is None or self._released:
                 return

@@ -12,7 +12,6 @@ import pickle
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,27 +290,6 @@ def test_a_failed_write_leaves_no_partial_file(root: Path) -> None:
         j.add([{"a": 1}])
     assert not isinstance(caught.value, JournalFull)
     assert not list(j.dir.glob("*.partial"))
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, mounted for the test."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command to make a small disk with")
-    if done.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_full_disk_raises_journal_full_and_leaves_nothing(small_disk: Path) -> None:
