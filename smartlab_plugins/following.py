@@ -158,14 +158,14 @@ class Follower:
         Subscribes to the container's new children first and looks at those
         there second, so a child made in between is not missed.
         """
-        created: dict[str, str] = {}
+        created: dict[str, Any] = {}
         arrived = threading.Event()
 
         def on_created(update: Any) -> None:
             if (key is not None and update.key == key) or (
                 match is not None and match(update.metadata or {})
             ):
-                created.setdefault("key", update.key)
+                created.setdefault("child", update.child())  # built from the message
                 arrived.set()
 
         subscription = container.subscribe()
@@ -178,10 +178,11 @@ class Follower:
             while not arrived.wait(CHECK_S):
                 if self._closed.is_set():
                     raise _Closed
-            return container[created["key"]]
+            return created["child"]
         finally:
-            _disconnect(subscription)
             self._subscriptions.remove(subscription)
+            # tiled's disconnect waits up to its receive timeout (0.1 s): not on this path
+            threading.Thread(target=_disconnect, args=(subscription,), daemon=True).start()
 
     def _existing_child(
         self, container: Any, key: str | None, match: Callable[[dict[str, Any]], bool] | None

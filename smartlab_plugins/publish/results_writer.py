@@ -126,7 +126,7 @@ class Publisher:
         self,
         client_factory: Callable[[], Any],
         max_pending: int = 100_000,
-        min_interval: float = 0.1,
+        min_interval: float = 0.02,
         journal_dir: Path | None = None,
         tiled_uri: str = "",
         retry_initial: float = 0.5,
