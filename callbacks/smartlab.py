@@ -265,17 +265,33 @@ class SmartLab:
     # -- the feeder thread --------------------------------------------------
 
     def _feed(self) -> None:
+        """The feeder thread: ship what waits, for as long as the session lasts.
+
+        It never dies: whatever one round of documents raises is logged, the
+        documents are counted as unsendable, and the next round goes on.
+        """
         while True:
             if not self._spilling:  # documents on disk: no need to wait for a new one
                 self._wake.wait()
             if self._linger and not self._closing:
                 time.sleep(self._linger)
             self._wake.clear()
-            docs = [self._pending.popleft() for _ in range(len(self._pending))]
-            if not docs and self._spilling:
-                docs = self._from_disk()
-            if docs:
-                self._ship(docs)
+            docs: list[tuple[Any, Any]] = []
+            try:
+                docs = [self._pending.popleft() for _ in range(len(self._pending))]
+                if not docs and self._spilling:
+                    docs = self._from_disk()
+                if docs:
+                    self._ship(docs)
+            except Exception as exc:
+                self.unsendable += len(docs)
+                logger.error(
+                    "SmartLab could not send %d document(s) to its worker (%s: %s); the "
+                    "session goes on",
+                    len(docs),
+                    type(exc).__name__,
+                    exc,
+                )
             with self._shipped_cond:
                 self._shipped += len(docs)
                 self._shipped_cond.notify_all()
@@ -286,11 +302,11 @@ class SmartLab:
         shipment = Shipment(docs, dropped={k: v for k, v in self._dropped.copy().items() if k})
         try:
             self._host.ship(shipment)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            self._ship_one_by_one(shipment)
         except (WorkerError, OSError, EOFError) as exc:
             self.unsendable += len(docs)
             logger.error("SmartLab could not send %d document(s) to its worker: %s", len(docs), exc)
+        except Exception:  # a document pickle refuses: a lambda in it, metadata nested too deep
+            self._ship_one_by_one(shipment)
 
     def _ship_one_by_one(self, shipment: Shipment) -> None:
         sendable = []
@@ -301,10 +317,12 @@ class SmartLab:
             except Exception as exc:
                 self.unsendable += 1
                 logger.error(
-                    "SmartLab could not send a %r document to its worker: %s: %s",
+                    "SmartLab could not send a %r document%s to its worker: %s: %s; %s",
                     name,
+                    _of_run(name, doc),
                     type(exc).__name__,
-                    exc,
+                    str(exc)[:200],
+                    "its run is not analysed" if name == "start" else "it is not analysed",
                 )
         if sendable:
             self._host.ship(Shipment(sendable, shipment.dropped))
@@ -427,3 +445,12 @@ class SmartLab:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _of_run(name: Any, doc: Any) -> str:
+    """`` of run <uid>`` for a document that names its run plainly, else ``""``."""
+    try:
+        run = doc["uid"] if name == "start" else doc["run_start"]
+        return f" of run {str(run)[:8]}"
+    except Exception:
+        return ""
