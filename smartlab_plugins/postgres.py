@@ -31,7 +31,8 @@ from urllib.parse import quote
 
 from smartlab_plugins import settings
 from smartlab_plugins.processes import ChildProcess, ProcessStartError, as_user, log_tail
-from smartlab_plugins.server import connect_error, free_port, redact
+from smartlab_plugins.server import connect_error, free_port
+from smartlab_plugins.settings import redact
 
 INSTALL_HINT = "install Debian's postgresql (`make postgres` does it: apt-get, as root)"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian's binaries, one folder per major version

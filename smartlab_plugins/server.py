@@ -40,6 +40,7 @@ import httpx
 
 from smartlab_plugins import settings
 from smartlab_plugins.callbacks.external import EXTERNAL_SUBDIR
+from smartlab_plugins.settings import redact
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 
@@ -56,17 +57,6 @@ def storage_paths(data_dir: Path) -> dict[str, Path]:
         "tables": data_dir / "tables.db",
         "external": data_dir / EXTERNAL_SUBDIR,
     }
-
-
-def redact(uri: str) -> str:
-    """A database URI with its password shown as ``***``: the only form that is printed."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(a string that is not a database URI)"
 
 
 def catalog_storage(data_dir: Path, catalog_uri: str | None = None) -> tuple[str, list[str]]:

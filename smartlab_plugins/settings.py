@@ -215,3 +215,27 @@ def catalog_uri(
     if not value or value == SQLITE_CATALOG:
         return None, source if value else "default"
     return value, source
+
+
+def redact(uri: str) -> str:
+    """A URI with its password shown as ``***``: the only form of a URI that is logged or
+    printed (database and broker URIs alike)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a string that is not a URI)"
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` (an error message, say) with the password of ``uri`` replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(uri).password
+    except ArgumentError:
+        return text
+    return text.replace(str(password), "***") if password else text

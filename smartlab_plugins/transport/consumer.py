@@ -142,7 +142,7 @@ class BrokerWorker:
             "SmartLab worker %s: consuming %d shard(s) of %s (prefix %r), publishing to %s",
             self.name,
             self.settings.shards,
-            self.settings.uri,
+            self.settings.shown_uri,
             self.settings.prefix,
             self.config.tiled_uri,
         )
@@ -151,12 +151,14 @@ class BrokerWorker:
             try:
                 self._step()
                 if down_since is not None:
-                    logger.warning("the broker at %s is back", self.settings.uri)
+                    logger.warning("the broker at %s is back", self.settings.shown_uri)
                     down_since = None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if down_since is None:
                     down_since = time.monotonic()
-                    logger.error("lost the broker at %s (%s); retrying", self.settings.uri, exc)
+                    logger.error(
+                        "lost the broker at %s (%s); retrying", self.settings.shown_uri, exc
+                    )
                 self._stopping.wait(1.0)
         self._close()
 
@@ -283,7 +285,7 @@ class BrokerWorker:
         if score is not None and score > now - self.settings.lease_s:
             raise RuntimeError(
                 f"a SmartLab worker named {self.name!r} is already consuming from "
-                f"{self.settings.uri}; give each worker its own --name"
+                f"{self.settings.shown_uri}; give each worker its own --name"
             )
         self._redis.zadd(self.settings.workers_key, {self.name: now})
 

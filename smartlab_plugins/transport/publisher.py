@@ -238,7 +238,7 @@ class BrokerPublisher:
             logger.error(
                 "lost the broker at %s (%s: %s); documents wait on local disk and are sent "
                 "when it is back, the scan goes on",
-                self.settings.uri,
+                self.settings.shown_uri,
                 type(exc).__name__,
                 exc,
             )
@@ -272,7 +272,7 @@ class BrokerPublisher:
                 return False
         logger.warning(
             "the broker at %s is back after %.0f s; the documents kept meanwhile are sent",
-            self.settings.uri,
+            self.settings.shown_uri,
             time.monotonic() - self._down_since,
         )
         self._down_since = None
@@ -296,7 +296,7 @@ class BrokerPublisher:
 
     def status(self) -> dict[str, Any]:
         return {
-            "broker": self.settings.uri,
+            "broker": self.settings.shown_uri,
             "pending": len(self._pending),
             "accepted": self._accepted,
             "on_disk": self._backlog(),
@@ -321,7 +321,7 @@ class BrokerPublisher:
             logger.error(
                 "BrokerPublisher closed with %d document(s) not sent: the broker at %s is away",
                 self._backlog(),
-                self.settings.uri,
+                self.settings.shown_uri,
             )
         if self._disk is not None:
             self._disk.close()

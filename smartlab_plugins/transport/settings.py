@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from smartlab_plugins.settings import ConfigurationError, read_config
+from smartlab_plugins.settings import ConfigurationError, read_config, redact, scrub
 
 DEFAULT_URI = "redis://127.0.0.1:6379/0"
 ENVIRONMENT = {
@@ -49,6 +49,11 @@ class BrokerSettings:
     shards: int = 8
     lease_s: float = 10.0
     source: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def shown_uri(self) -> str:
+        """The broker URI with its password as ``***``: what logs and messages show."""
+        return redact(self.uri)
 
     @classmethod
     def load(cls, config: dict[str, Any] | None = None, **overrides: Any) -> BrokerSettings:
@@ -112,8 +117,9 @@ def connect(settings: BrokerSettings):
         client.ping()
     except (redis.RedisError, ValueError, OSError) as exc:
         raise BrokerUnreachable(
-            f"cannot reach the SmartLab broker at {settings.uri} "
-            f"(from {settings.source.get('uri', 'the default')}): {type(exc).__name__}: {exc}. "
+            f"cannot reach the SmartLab broker at {settings.shown_uri} "
+            f"(from {settings.source.get('uri', 'the default')}): {type(exc).__name__}: "
+            f"{scrub(str(exc), settings.uri)}. "
             "Start a Redis server there (Debian: redis-server) or set SMARTLAB_BROKER_URI"
         ) from None
     agree_on_shards(client, settings)
@@ -127,7 +133,7 @@ def agree_on_shards(client, settings: BrokerSettings) -> None:
     recorded = int(client.get(settings.shards_key))
     if recorded != settings.shards:
         raise ConfigurationError(
-            f"the broker at {settings.uri} has {recorded} shards under prefix "
+            f"the broker at {settings.shown_uri} has {recorded} shards under prefix "
             f"{settings.prefix!r}, this process was set up for {settings.shards} "
             f"({settings.source.get('shards', 'default')}); use the same SMARTLAB_BROKER_SHARDS "
             "everywhere, or another SMARTLAB_BROKER_PREFIX"

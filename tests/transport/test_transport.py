@@ -6,6 +6,7 @@ session's. Workers run as separate processes, as they would on other machines.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -220,3 +221,21 @@ def test_malformed_entries_are_rejected_logged_and_acknowledged(
     for reason in ("no 'name' field", "undecodable", "not a mapping", "not UTF-8", "extension"):
         assert reason in worker.log
     wait_for(lambda: pending(broker_client) == 0, 10, "every entry to be acknowledged")
+
+
+def test_the_broker_password_is_never_shown(monkeypatch, tiled_server, caplog):
+    """It used to be logged in clear on every worker start and in connection errors."""
+    secret = "s3cret-broker-password"
+    uri = f"redis://:{secret}@127.0.0.1:{free_port()}/0"
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerUnreachable) as refused:
+        BrokerPublisher(uri)
+    assert "redis://:***@127.0.0.1" in str(refused.value)
+    assert secret not in str(refused.value) and secret not in caplog.text
+    monkeypatch.setenv("SMARTLAB_BROKER_URI", uri)
+    done = subprocess.run(
+        [sys.executable, "-m", "smartlab_plugins.transport.cli", "worker", "--tiled",
+         tiled_server.uri],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "redis://:***@" in done.stderr
+    assert secret not in done.stderr + done.stdout
