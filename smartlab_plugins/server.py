@@ -238,8 +238,10 @@ def serve(
     before anything starts; ``catalog_source`` says where the setting came from,
     for that message); None: SQLite files in ``data_dir``.
     """
+    os.umask(0o077)  # the catalog, tables, files and key: the user's alone (0700, 0600)
     data_dir = Path(data_dir).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _warn_if_open(data_dir)
     key, generated = settings.server_api_key(data_dir)
     if catalog_uri is not None:
         shown = redact(catalog_uri)
@@ -264,7 +266,7 @@ def serve(
         raise CatalogUnreachable(f"Tiled could not set up the catalog {catalog}: {last}") from None
     key_file = data_dir / settings.API_KEY_FILENAME
     if generated:
-        source = f"generated and stored in {key_file} (mode 0600): {key}"
+        source = f"generated: {settings.shown_key(key)}, read it from {key_file} (mode 0600)"
     elif os.environ.get("SMARTLAB_API_KEY"):
         source = "from SMARTLAB_API_KEY"
     else:
@@ -282,6 +284,20 @@ def serve(
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _warn_if_open(data_dir: Path) -> None:
+    """Say so when the data folder (catalog, tables, key) is open to other users."""
+    import stat
+
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        print(
+            f"warning: {data_dir} is readable or writable by other users (mode {mode:04o}); "
+            f"it holds the catalog and the API key: chmod 700 {data_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def free_port(host: str = settings.DEFAULT_HOST) -> int:

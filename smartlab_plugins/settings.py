@@ -168,6 +168,15 @@ def api_key(data_dir: Path | None = None) -> str | None:
     )
 
 
+#: The shortest API key a SmartLab server accepts (generated ones have 48 characters).
+MIN_API_KEY_LENGTH = 16
+
+
+def shown_key(key: str) -> str:
+    """An API key as it may be printed or logged: its first four characters."""
+    return f"{key[:4]}... ({len(key)} characters)"
+
+
 def server_api_key(data_dir: Path) -> tuple[str, bool]:
     """The key the embedded server requires, and whether it was generated now.
 
@@ -176,15 +185,16 @@ def server_api_key(data_dir: Path) -> tuple[str, bool]:
     user-only permissions (0600).
     """
     if explicit := os.environ.get("SMARTLAB_API_KEY"):
-        if not explicit.isalnum():
+        if not explicit.isalnum() or len(explicit) < MIN_API_KEY_LENGTH:
             raise ConfigurationError(
-                "SMARTLAB_API_KEY must contain only letters and digits (Tiled refuses others); "
-                'make one with: python -c "import secrets; print(secrets.token_hex(24))"'
+                f"SMARTLAB_API_KEY must be at least {MIN_API_KEY_LENGTH} letters and digits "
+                "(Tiled refuses other characters, and a short key is guessed); make one with: "
+                'python -c "import secrets; print(secrets.token_hex(24))"'
             )
         return explicit, False
     if stored := stored_api_key(data_dir):
         return stored, False
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_hex(24)
     path = data_dir / API_KEY_FILENAME
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

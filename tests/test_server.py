@@ -38,8 +38,11 @@ def test_the_key_lets_a_client_write(tiled_server):
 
 
 def test_first_start_generates_a_private_key_and_later_starts_reuse_it(tmp_path):
+    """The key, the catalog and the tables are the user's alone, and the key is never
+    printed in full (the banner names the file it is in)."""
+    tmp_path = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k != "SMARTLAB_API_KEY"}
-    keys = []
+    keys, outputs = [], []
     for _ in range(2):
         port = free_port()
         server = subprocess.Popen(
@@ -63,15 +66,20 @@ def test_first_start_generates_a_private_key_and_later_starts_reuse_it(tmp_path)
         finally:
             server.terminate()
             output = server.communicate(timeout=30)[0]
+        outputs.append(output)
         key_file = tmp_path / "api_key"
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         keys.append(key_file.read_text().strip())
-        assert str(key_file) in output
+        assert str(key_file) in output and keys[-1] not in output
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+        for name in ("api_key", "catalog.db", "tables.db"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     assert keys[0] == keys[1] and keys[0].isalnum() and len(keys[0]) >= 32
+    assert f"generated: {keys[0][:4]}..." in outputs[0]
 
 
-def test_a_key_tiled_would_refuse_is_refused_at_once(tmp_path):
-    env = {**os.environ, "SMARTLAB_API_KEY": "has-dashes"}
+@pytest.mark.parametrize("key", ["has-dashes-and-is-long-enough", "short1"])
+def test_a_key_tiled_would_refuse_or_anyone_could_guess_is_refused_at_once(tmp_path, key):
+    env = {**os.environ, "SMARTLAB_API_KEY": key}
     result = subprocess.run(
         [sys.executable, "-m", "smartlab_plugins.cli", "serve", "--data-dir", str(tmp_path)],
         env=env,
@@ -80,7 +88,7 @@ def test_a_key_tiled_would_refuse_is_refused_at_once(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2
-    assert "SMARTLAB_API_KEY must contain only letters and digits" in result.stderr
+    assert "SMARTLAB_API_KEY must be at least 16 letters and digits" in result.stderr
 
 
 def _pushed_child(server) -> tuple[str, dict]:

@@ -4,4 +4,4 @@ A module of its own because ``conftest`` is not importable by name once test fol
 have conftest files of their own.
 """
 
-API_KEY = "smartlabtestkey"
+API_KEY = "smartlabtestkey0123"

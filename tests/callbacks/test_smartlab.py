@@ -8,6 +8,7 @@ import bluesky.plans as bp
 import pytest
 from ophyd.sim import det
 from sample_plugins import Slow
+from tiled_keys import API_KEY
 
 from smartlab_plugins import SmartLab, TiledUnavailableError
 from smartlab_plugins.devices.beam import make_devices
@@ -117,4 +118,4 @@ def test_no_arguments_reads_the_environment(tiled_env, RE, client):
 
 def test_unknown_plugin_lists_the_available_ones(tiled_server):
     with pytest.raises(KeyError, match=r"available plugins: .*peak_stats"):
-        SmartLab(tiled_server.uri, "smartlabtestkey", plugins=["peak_stat"], isolation="thread")
+        SmartLab(tiled_server.uri, API_KEY, plugins=["peak_stat"], isolation="thread")
