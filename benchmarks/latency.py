@@ -81,7 +81,7 @@ def poll_live(uri: str, key: str, uid_file: Path, plugin: str, out: Path, stop: 
             for analysis in find_analyses(client, run_uid=uid, plugin=plugin):
                 read_events(analysis)
             if uid in client and "primary" in client[uid]:
-                client[uid]["primary"].base["internal"].read()
+                client[f"{uid}/primary/internal"].read()
             reads += 1
         except Exception as exc:
             errors.append(f"{type(exc).__name__}: {exc}")

@@ -5,7 +5,7 @@ user runs it) is subscribed to a RunEngine counting ``ophyd.sim.det`` at 50
 events/s; its worker's ``RawRunWriter`` writes the run through ``TiledWriter``,
 a batch of rows once the oldest has waited 0.5 s (or 1,000 are held). A reader
 in a separate process polls the stream's table (``client[uid]["primary"]``'s
-``internal`` table, column ``seq_num``) every 20 ms with plain ``tiled.client``
+``internal`` table by its path, column ``seq_num``) every 20 ms with plain ``tiled.client``
 and notes when each ``seq_num`` is first readable. (Reading a column as an
 array, ``client[uid]["primary"]["seq_num"].read()``, races with the appends in
 tiled 0.2.20: the server refuses a request for the shape the client last saw
@@ -54,9 +54,9 @@ def read_live(uri: str, key: str, uid_file: Path, events: int, out: Path) -> Non
     deadline = time.time() + 120
     while len(seen) < events and time.time() < deadline:
         try:
-            run = client[uid]  # fresh nodes on every read: the table grows
-            if "primary" in run:
-                seq_nums = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+            if uid in client and "primary" in client[uid]:  # fresh nodes: the table grows
+                table = client[f"{uid}/primary/internal"]
+                seq_nums = table.read(["seq_num"])["seq_num"]
                 now = time.time()
                 reads += 1
                 for seq_num in seq_nums:
@@ -160,7 +160,7 @@ def write_report(row: dict) -> None:
         f"`count([det], {row['events']})` at {row['rate']:.0f} events/s measured, with SmartLab",
         "subscribed (raw run on, `peak_stats`, worker process). Its `RawRunWriter` writes a",
         "batch of event rows once the oldest has waited 0.5 s, or 1,000 are held. A reader in",
-        'another process reads the stream\'s table (`client[uid]["primary"].base["internal"]`,',
+        'another process reads the stream\'s table (`client[f"{uid}/primary/internal"]`,',
         f"column `seq_num`) every {POLL_SECONDS * 1000:.0f} ms; staleness: when it first read an",
         "event's row, minus the event's `time`. Reading a column as an array instead",
         '(`client[uid]["primary"]["seq_num"].read()`) races with the appends in tiled 0.2.20:',

@@ -16,6 +16,25 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # live views draw off screen in test
 
 
 @pytest.hookimpl(tryfirst=True)
+@pytest.fixture(autouse=True)
+def _bluesky_run_clients_restored() -> Iterator[None]:
+    """Undo what ``BlueskyRunV3.v2`` (bluesky-tiled-plugins 2.0.12) does to the process.
+
+    It copies tiled's default structure-client registry shallowly and sets ``BlueskyRun``
+    in the copy, which changes the shared one: every run read later in the process is a
+    v2 run (whose streams have no ``steer`` field, no ``.base``). databroker's ``Broker``
+    goes through it; this keeps one test's use from changing the next test's reads.
+    """
+    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+
+    yield
+    from bluesky_tiled_plugins.clients.bluesky_run import BlueskyRun
+
+    for registry in DEFAULT_STRUCTURE_CLIENT_DISPATCH.values():
+        if "BlueskyRun" in registry:
+            registry.set("BlueskyRun", lambda: BlueskyRun)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Escape lone surrogates in a report's captured output before xdist sends it.
 

@@ -537,8 +537,11 @@ class QueueAgent:
                         f"after {self.results_timeout:.0f} s (plugins {list(self.info.reads)})"
                     )
                 changes.wait(timeout=RESULTS_RECHECK_S)
-        primary = run["primary"]
-        positions = {axis: np.asarray(primary[axis].read()) for axis in self.target.axes}
+        # by its path: what run["primary"] is depends on bluesky-tiled-plugins' client
+        # registry, which one use of databroker's .v2 in the process changes for all
+        # the motors' readbacks are columns of the stream's table
+        table = self._client[f"{run_uid}/primary/internal"].read(list(self.target.axes))
+        positions = {axis: table[axis].to_numpy() for axis in self.target.axes}
         observations = []
         for plugin in self.info.reads:
             for analysis in find_analyses(self._client, run_uid=run_uid, plugin=plugin):

@@ -56,12 +56,11 @@ class Reader:
             if self.uid is None:
                 continue
             try:
-                run = self.client[self.uid]  # fresh nodes each time: the table grows
-                if "primary" not in run:
-                    continue
-                # the table, not the column as an array: tiled 0.2.20 refuses (HTTP 500) and
-                # retries for up to 45 s a column read that an append overtakes
-                seq_nums = run["primary"].base["internal"].read(["seq_num"])["seq_num"]
+                # the stream's table by its path (a fresh node each time: the table grows), not
+                # the column as an array: tiled 0.2.20 refuses (HTTP 500) and retries for up to
+                # 45 s a column read that an append overtakes
+                table = self.client[f"{self.uid}/primary/internal"]
+                seq_nums = table.read(["seq_num"])["seq_num"]
             except KeyError:
                 continue  # the run or its stream is not created yet
             except Exception as exc:
