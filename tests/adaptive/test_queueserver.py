@@ -266,7 +266,8 @@ def test_tiled_unreachable_is_retried_then_a_clear_error(
         api_key=stack.tiled.api_key,
         backoff=Backoff(initial=0.2, maximum=1.0, give_up_after=1.5),
     )
-    with pytest.raises(AgentError, match=f"Tiled at {uri} unreachable for 1 s, giving up"):
+    # how long it waited depends on how long each refused connection takes on a busy machine
+    with pytest.raises(AgentError, match=rf"Tiled at {uri} unreachable for \d+ s, giving up"):
         agent.run(rounds=1)
     assert f"Tiled at {uri} unreachable, retrying in 0.2 s" in caplog.text
     assert stack.history_uids("no-tiled") == {}
