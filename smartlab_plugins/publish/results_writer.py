@@ -459,12 +459,12 @@ class Publisher:
         self._planned.add(path)
         return [Write("container", parent, key, **kwargs)]
 
-    def _part(self, parent: tuple[str, ...], kind: str, data: Any, **kwargs: Any) -> list[Write]:
-        """The writes that add the next part under ``parent`` (made on first use)."""
+    def _array_part(self, parent: tuple[str, ...], data: Any, **kwargs: Any) -> list[Write]:
+        """The writes that add the next array part under ``parent`` (made on first use)."""
         writes = self._container(parent[:-1], parent[-1])
         index = self._next_index.get(parent, 0)
         self._next_index[parent] = index + 1
-        return [*writes, Write(kind, parent, part_key(index), data=data, **kwargs)]
+        return [*writes, Write("array", parent, part_key(index), data=data, **kwargs)]
 
     def _plan_open(self, key: str, metadata: dict[str, Any]) -> list[Write]:
         self._run_of[key] = (metadata.get("run_uid"), metadata.get("plugin"))
@@ -527,9 +527,8 @@ class Publisher:
         for name, value in first.arrays.items():
             stacked = np.concatenate([np.asarray(r.arrays[name]) for r in results])
             extra = first.dims.get(name) or tuple(f"dim_{i}" for i in range(1, np.ndim(value)))
-            writes += self._part(
+            writes += self._array_part(
                 (key, stream, name),
-                "array",
                 stacked,
                 dims=["event", *extra],
                 metadata={"seq_num": seq_num.tolist()},
@@ -587,17 +586,13 @@ class Publisher:
             self._handles[write.path] = node
             return
         try:
-            self._write_part(parent, write)
+            parent.write_array(write.data, key=write.key, dims=write.dims, metadata=write.metadata)
         except Exception as exc:
             if not is_conflict(exc):
                 raise
             # Made before a crash or a lost answer, perhaps without its data (the node and
             # its data are two requests): write the same data into it again.
             parent[write.key].write(write.data)
-
-    @staticmethod
-    def _write_part(parent, write: Write) -> None:
-        parent.write_array(write.data, key=write.key, dims=write.dims, metadata=write.metadata)
 
     def _link_from_run(self, write: Write) -> None:
         """Name the analysis in its raw run's metadata (``smartlab_analyses``), if that run
