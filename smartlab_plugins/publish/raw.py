@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from smartlab_plugins.publish.held_rows import HeldRows
 from smartlab_plugins.retry import Backoff
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ RAW_BATCH_SIZE = 1_000
 #: 1,000 or at the stop) to 2.43x, side by side; TiledWriter extends each image array on
 #: every write.
 RAW_MAX_DELAY = 0.5
+#: ``TiledWriter``'s own batch size, never reached: :class:`HeldRows` writes every batch,
+#: so that a batch written again after a failure half way is not written twice.
+_NEVER = 2**62
 
 
 class RawRunWriter:
@@ -44,7 +48,7 @@ class RawRunWriter:
     per run (:meth:`run_failures`), so the run's analyses and summary say so.
 
     Event rows are written in batches, so that a reader of ``client[uid]["primary"]``
-    sees them during the scan: once :data:`RAW_BATCH_SIZE` of a stream are held, or
+    sees them during the scan: once :data:`RAW_BATCH_SIZE` of a run are held, or
     once a run's oldest held row has waited ``max_delay`` seconds, even if no more
     documents come.
     """
@@ -60,6 +64,7 @@ class RawRunWriter:
         self._client_factory = client_factory
         self._max_delay = max_delay
         self._writer: TiledWriter | None = None
+        self._held: HeldRows | None = None
         #: Per run: when its oldest event row not yet written reached the writer (monotonic).
         self._rows_since: dict[str | None, float] = {}
         self._docs: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -147,14 +152,20 @@ class RawRunWriter:
                 continue
             if name == "__exit__":
                 return
-            error = self._write(partial(self._write_document, name, doc))
             run_uid = self._note(name, doc)
+            if name == "stop" and self._held is not None:
+                self._write_rows(run_uid)  # the held rows first, each once
+            error = self._write(partial(self._write_document, name, doc))
             if error is not None:
                 self._failed(f"{name} document", run_uid, error)
-            if name in ("event", "event_page") and self._writer is not None:
+            if name in ("event", "event_page") and self._held is not None:
                 self._rows_since.setdefault(run_uid, time.monotonic())
+                if self._held.count(run_uid) >= RAW_BATCH_SIZE:
+                    self._write_rows(run_uid)
             if name == "stop":
                 self._rows_since.pop(run_uid, None)
+                if self._held is not None:
+                    self._held.forget(run_uid)
                 self._finished_event(run_uid).set()
                 self._forget_descriptors(run_uid)
 
@@ -162,9 +173,8 @@ class RawRunWriter:
         if self._writer is None:
             from bluesky_tiled_plugins import TiledWriter
 
-            self._writer = TiledWriter(
-                self._client_factory(), normalizer=None, batch_size=RAW_BATCH_SIZE
-            )
+            self._writer = TiledWriter(self._client_factory(), normalizer=None, batch_size=_NEVER)
+            self._held = HeldRows(self._writer)
         self._writer(name, doc)
 
     def _until_due(self) -> float | None:
@@ -178,13 +188,17 @@ class RawRunWriter:
         """Write the event rows of each run whose oldest buffered row has waited ``max_delay``."""
         now = time.monotonic()
         for run_uid, since in list(self._rows_since.items()):
-            if now - since < self._max_delay:
-                continue
-            del self._rows_since[run_uid]
-            error = self._write(partial(_write_buffered_rows, self._writer, run_uid))
-            if error is not None:  # TiledWriter still holds the rows: try again later
-                self._rows_since[run_uid] = time.monotonic()
-                self._failed("batch of buffered event rows", run_uid, error)
+            if now - since >= self._max_delay:
+                self._write_rows(run_uid)
+
+    def _write_rows(self, run_uid: str | None) -> None:
+        """Write the run's held event rows now, retrying with backoff; kept if given up on."""
+        assert self._held is not None
+        self._rows_since.pop(run_uid, None)
+        error = self._write(partial(self._held.write, run_uid))
+        if error is not None:  # the rows are still held: try again later
+            self._rows_since[run_uid] = time.monotonic()
+            self._failed("batch of buffered event rows", run_uid, error)
 
     def _write(self, write: Callable[[], None]) -> Exception | None:
         """Make one write to Tiled, retrying with backoff; the error it was given up on, if any."""
@@ -221,29 +235,3 @@ class RawRunWriter:
                 type(exc).__name__,
                 exc,
             )
-
-
-def _write_buffered_rows(writer: TiledWriter, run_uid: str | None) -> None:
-    """Write the event rows ``writer`` holds for run ``run_uid`` now, whatever their number.
-
-    bluesky-tiled-plugins (2.0.12, pinned) writes a stream's buffered rows only once
-    ``batch_size`` of them are held, or at the run's stop, and has no public way to
-    flush them. This makes, for each stream of the run, the call its ``_RunWriter.event``
-    makes at ``batch_size``, through private attributes: the ``RunRouter``'s callbacks
-    by start uid (a ``_RunWriter`` each, as ``normalizer=None`` and no backup are used),
-    ``_internal_data_cache``, ``_desc_nodes`` and ``_write_internal_data``. As in
-    ``TiledWriter``, rows whose write fails stay held, whole.
-    """
-    for run_writer in writer._run_router._factory_cbs_by_start.get(run_uid, ()):
-        for stream, rows in run_writer._internal_data_cache.items():
-            if rows:
-                kept = [dict(row) for row in rows]
-                try:
-                    run_writer._write_internal_data(rows, desc_node=run_writer._desc_nodes[stream])
-                except Exception:
-                    # It takes the array fields out of the rows before writing them: put them
-                    # back, so the retry writes the arrays too (a Tiled that refused the
-                    # connection wrote nothing).
-                    rows[:] = kept
-                    raise
-                rows.clear()
