@@ -13,14 +13,26 @@ the appends pushed after it; so a follower that starts mid-run, or whose
 connection drops, gets everything it missed without gaps or repeats. Tiled's
 client reconnects by itself; if it gives up (the server away for longer than
 its retries), the follower subscribes afresh once the server answers again.
+
+A gap Tiled leaves, covered here: tiled 0.2.20's server starts listening for
+a node's updates a moment *after* its client is told the websocket is
+connected (it sends the schema first, then subscribes to its cache), so a
+child made or a row appended in that moment is never pushed. On a busy
+machine the moment lasted long enough for a follower to miss its analysis
+being made and wait forever. So a wait for a child looks again on a widening
+schedule (:data:`LOOK_AGAIN_S`), and for :data:`RESYNC_WINDOW_S` after each
+connection a pushed batch that skips ``seq_num`` s, and the end of the window
+itself, make the follower read the table again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -35,6 +47,12 @@ logger = logging.getLogger(__name__)
 CHECK_S = 0.2
 #: Wait before subscribing afresh after Tiled's client gave up reconnecting.
 RESUBSCRIBE_S = 2.0
+#: While waiting for a child, seconds after subscribing at which to look for it again (then
+#: every last one): a child made as the server starts listening is not pushed.
+LOOK_AGAIN_S = (0.5, 1.0, 2.0, 5.0)
+#: Seconds after each table (re)connection after which the table is read once more; until
+#: then, a pushed batch that skips ``seq_num`` s makes the follower read the table first.
+RESYNC_WINDOW_S = 2.0
 
 
 class _Closed(Exception):
@@ -52,10 +70,16 @@ class _ResyncingTableSubscription(TableSubscription):
 
     def __init__(self, node: Any, on_connect: Callable[[], None]) -> None:
         super().__init__(node.context, node.path_parts)
+        self.events = node  #: the table subscribed to
         self._on_connect = on_connect
+        self.connected_at = time.monotonic()  #: when it last (re)connected (monotonic)
+        #: Whether the table was read again after :data:`RESYNC_WINDOW_S` on this connection.
+        self.settled = False
 
     def _connect(self, start: int | None = None, max_size: int = 1_000_000) -> None:
         super()._connect(None, max_size=max_size)  # from now: the read covers what came before
+        self.connected_at = time.monotonic()
+        self.settled = False
         try:
             self._on_connect()
         except Exception as exc:  # the server went away between the two: reconnect
@@ -87,6 +111,7 @@ class Follower:
         self._deliver_lock = threading.RLock()
         self._closed = threading.Event()
         self._subscriptions: list[Any] = []
+        self._subscription: _ResyncingTableSubscription | None = None  #: the table's, once made
         self._subscribed = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"smartlab-follow-{plugin}-{run_uid[:8]}", daemon=True
@@ -156,7 +181,8 @@ class Follower:
         """The child ``key`` (or whose metadata ``match``) of ``container``, once it exists.
 
         Subscribes to the container's new children first and looks at those
-        there second, so a child made in between is not missed.
+        there second, so a child made in between is not missed; then looks
+        again at :data:`LOOK_AGAIN_S`, for a child made before the server listened.
         """
         created: dict[str, Any] = {}
         arrived = threading.Event()
@@ -172,13 +198,17 @@ class Follower:
         subscription.child_created.add_callback(on_created)  # held weakly: kept alive here
         self._start(subscription)
         try:
-            found = self._existing_child(container, key, match)
-            if found is not None:
-                return found
-            while not arrived.wait(CHECK_S):
-                if self._closed.is_set():
-                    raise _Closed
-            return created["child"]
+            started = time.monotonic()
+            for look_at in _look_again_times():
+                found = self._existing_child(container, key, match)
+                if found is not None:
+                    return found
+                while time.monotonic() - started < look_at:
+                    if arrived.wait(CHECK_S):
+                        return created["child"]
+                    if self._closed.is_set():
+                        raise _Closed
+            raise AssertionError("unreachable: the schedule never ends")
         finally:
             self._subscriptions.remove(subscription)
             # tiled's disconnect waits up to its receive timeout (0.1 s): not on this path
@@ -218,9 +248,14 @@ class Follower:
                 if self._closed.wait(RESUBSCRIBE_S):
                     return
                 continue
+            self._subscription = subscription
             self._subscribed.set()
             while subscription._thread.is_alive() and not self._closed.wait(CHECK_S):
-                pass
+                if not subscription.settled and (
+                    time.monotonic() - subscription.connected_at > RESYNC_WINDOW_S
+                ):
+                    subscription.settled = True
+                    self._resync(events)
             _disconnect(subscription)
             self._subscriptions.remove(subscription)
             if not self._closed.wait(RESUBSCRIBE_S):
@@ -237,8 +272,26 @@ class Follower:
     def _read_all(self, events: Any) -> None:
         self._deliver(events.read())
 
+    def _resync(self, events: Any) -> None:
+        """Read the table again, for rows appended as the server started listening."""
+        try:
+            self._read_all(events)
+        except Exception as exc:  # the connection's own handling covers a server gone away
+            logger.debug("re-reading %s of run %s failed: %s", self.plugin, self.run_uid[:8], exc)
+
     def _on_rows(self, update: Any) -> None:
-        self._deliver(update.data())
+        rows = update.data()
+        subscription = self._subscription
+        if subscription is not None and not subscription.settled and self._skips_rows(rows):
+            self._resync(subscription.events)
+        self._deliver(rows)
+
+    def _skips_rows(self, rows: pd.DataFrame) -> bool:
+        """Whether pushed ``rows`` start past the row after the last one delivered."""
+        if rows is None or len(rows) == 0:
+            return False
+        first = int(rows["seq_num"].min())
+        return first > (self._last_seq_num or 0) + 1
 
     def _deliver(self, table: pd.DataFrame) -> None:
         """Pass on the rows past the last delivered ``seq_num``, in order, once each."""
@@ -256,6 +309,12 @@ class Follower:
                 self._callback(table.reset_index(drop=True))
             except Exception:
                 logger.exception("the callback following %s raised; following goes on", self.plugin)
+
+
+def _look_again_times() -> Iterator[float]:
+    """Seconds after subscribing at which a wait for a child looks for it again: without end."""
+    yield from LOOK_AGAIN_S
+    yield from itertools.count(LOOK_AGAIN_S[-1] * 2, LOOK_AGAIN_S[-1])
 
 
 def _disconnect(subscription: Any) -> None:

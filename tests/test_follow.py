@@ -136,3 +136,46 @@ def test_a_follower_waits_for_an_analysis_that_does_not_exist_yet_and_closes_cle
     follower.close()
     assert time.monotonic() - started < 5
     assert "0 rows delivered" in repr(follower) and "closed" in repr(follower)
+
+
+def test_a_follower_finds_what_tiled_never_pushed_to_it(own_server: EmbeddedServer, tmp_path):
+    """tiled 0.2.20's server listens for a node's updates a moment after the client is told
+    it is connected; what is made or appended in that moment is never pushed. A busy CI
+    machine hit it (the follower waited forever for its analysis). The missed pushes are
+    caused here by dropping them: no child-created push at all, and the first pushed batch
+    of rows. Every row still arrives, once, in order."""
+    import smartlab_plugins.following as following
+
+    dropped = {"children": 0, "rows": 0}
+
+    class Deaf(following.Follower):
+        def _start(self, subscription):
+            if isinstance(subscription, following._ResyncingTableSubscription):
+                return super()._start(subscription)
+            self._subscriptions.append(subscription)  # never started: hears nothing
+            dropped["children"] += 1
+
+        def _on_rows(self, update):
+            if dropped["rows"] == 0:
+                dropped["rows"] += 1
+                return
+            super()._on_rows(update)
+
+    client = own_server.client()
+    publisher = Publisher(own_server.client, journal_dir=tmp_path / "journal", tiled_uri="x")
+    received = Rows()
+    follower = Deaf(client, "run-d", "deaf-test", received)
+    try:
+        time.sleep(0.2)  # the analysis is made after the follower first looked
+        key = publisher.open_analysis({"run_uid": "run-d", "plugin": "deaf-test"})
+        publish_batches(publisher, key, range(1, 4))
+        assert received.wait_for(3, timeout=30), received.seq
+        assert follower.wait_until_subscribed(timeout=1)
+        publish_batches(publisher, key, range(4, 9))  # the first push of these is dropped
+        assert received.wait_for(8, timeout=30), received.seq
+        time.sleep(following.RESYNC_WINDOW_S + 0.5)  # a repeat would come now
+    finally:
+        follower.close()
+        publisher.close(timeout=30)
+    assert dropped["children"] >= 3 and dropped["rows"] == 1
+    assert received.seq == list(range(1, 9)) and follower.error is None
