@@ -36,12 +36,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from smartlab_plugins import settings
+from smartlab_plugins import protocol, settings
 from smartlab_plugins.connection import connect
 from smartlab_plugins.manager import PluginManager, plugin_reference
-from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerConfig, WorkerError
+from smartlab_plugins.protocol import Shipment, WorkerConfig
+from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerError
 from smartlab_plugins.spool import DiskQueue
-from smartlab_plugins.worker import Shipment
 
 logger = logging.getLogger(__name__)
 
@@ -336,21 +336,21 @@ class SmartLab:
 
     @property
     def enabled(self) -> list[str]:
-        return self._host.request("status")["enabled"]
+        return self._host.request(protocol.StatusRequest())["enabled"]
 
     def enable(self, name: str) -> None:
         """Enable a plugin for the following runs of this session."""
-        self._host.request("enable", self.plugins.resolve([name])[0])
+        self._host.request(protocol.Enable(self.plugins.resolve([name])[0]))
 
     def disable(self, name: str) -> None:
         """Disable a plugin for the following runs of this session."""
-        self._host.request("disable", self.plugins.resolve([name])[0])
+        self._host.request(protocol.Disable(self.plugins.resolve([name])[0]))
 
     def register(self, plugin: object) -> str:
         """Register a plugin object or module in this session; returns its name."""
         name = self.plugins.register(plugin)
         try:
-            self._host.request("register", plugin_reference(plugin))
+            self._host.request(protocol.Register(plugin_reference(plugin)))
         except Exception:
             self.plugins.unregister(name)
             raise
@@ -375,7 +375,7 @@ class SmartLab:
             entry = wanted.setdefault(view.plugin, {"arrays": False, "inputs": False})
             entry["arrays"] |= getattr(view, "wants_arrays", False)
             entry["inputs"] |= getattr(view, "wants_inputs", False)
-        self._host.request("live", wanted)
+        self._host.request(protocol.SetLive(wanted))
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until every document taken so far is analysed and published."""
@@ -387,7 +387,9 @@ class SmartLab:
                 if not self._shipped_cond.wait(timeout=max(0.0, deadline - time.monotonic())):
                     return False
         return bool(
-            self._host.request("flush", max(0.1, deadline - time.monotonic()), timeout=timeout + 10)
+            self._host.request(
+                protocol.Flush(max(0.1, deadline - time.monotonic())), timeout=timeout + 10
+            )
         )
 
     def status(self) -> dict[str, Any]:
@@ -406,7 +408,7 @@ class SmartLab:
         }
         if self._host.alive:
             try:
-                status["worker"] = self._host.request("status", timeout=10)
+                status["worker"] = self._host.request(protocol.StatusRequest(), timeout=10)
             except WorkerError as exc:  # it died while we asked
                 status["worker_alive"], status["worker"] = False, str(exc)
         return status

@@ -39,7 +39,7 @@ import pandas as pd
 from tiled.client.stream import TableSubscription
 from tiled.queries import Key
 
-from smartlab_plugins.publish.layout import EVENTS_KEY, ROOT_KEY
+from smartlab_plugins.layout import EVENTS_KEY, ROOT_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from smartlab_plugins.connection import connect
-from smartlab_plugins.runner import Session, WorkerConfig
-from smartlab_plugins.worker import Shipment
+from smartlab_plugins.protocol import Shipment, WorkerConfig
+from smartlab_plugins.worker.serving import Session
 
 CHUNK = 256
 

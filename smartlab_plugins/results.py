@@ -23,7 +23,7 @@ import pandas as pd
 from tiled.queries import Key
 
 from smartlab_plugins.following import Follower, follow
-from smartlab_plugins.publish import ERRORS_KEY, EVENTS_KEY, ROOT_KEY
+from smartlab_plugins.layout import ERRORS_KEY, EVENTS_KEY, ROOT_KEY
 
 __all__ = [
     "EventFollower",

@@ -39,7 +39,7 @@ from types import TracebackType
 import httpx
 
 from smartlab_plugins import settings
-from smartlab_plugins.callbacks.external import EXTERNAL_SUBDIR
+from smartlab_plugins.assembly.external import EXTERNAL_SUBDIR
 from smartlab_plugins.settings import redact
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")

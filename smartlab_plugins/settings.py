@@ -142,7 +142,7 @@ def data_roots() -> list[str] | None:
 
     Unset, an in-process ``SmartLab`` reads detector files anywhere but a Tiled
     server's own folder (its documents come from the user's own RunEngine),
-    and ``smartlab worker`` reads none (see ``callbacks/external.py``).
+    and ``smartlab worker`` reads none (see ``smartlab_plugins/assembly/external.py``).
     """
     value = os.environ.get("SMARTLAB_DATA_ROOTS")
     if value is None:

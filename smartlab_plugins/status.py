@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from smartlab_plugins.publish import ROOT_KEY
+from smartlab_plugins.layout import ROOT_KEY
 
 COLUMNS = ("started", "plugin", "run", "status", "events", "errors", "dropped")
 

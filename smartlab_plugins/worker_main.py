@@ -2,7 +2,7 @@
 
 import sys
 
-from smartlab_plugins.runner import child_main
+from smartlab_plugins.worker.serving import child_main
 
 if __name__ == "__main__":
     child_main(int(sys.argv[1]))

@@ -2,14 +2,14 @@
 
 Modules, one job each:
 
-- :mod:`~smartlab_plugins.publish.layout`: where results live (keys, specs, the error record)
+- :mod:`~smartlab_plugins.layout`: where results live (keys, specs, the error record)
 - :mod:`~smartlab_plugins.publish.results_writer`: :class:`Publisher`, analyses to Tiled
 - :mod:`~smartlab_plugins.publish.raw`: :class:`RawRunWriter`, the raw run via ``TiledWriter``
 - :mod:`~smartlab_plugins.publish.journal`: writes kept on local disk until Tiled has them
 - :mod:`smartlab_plugins.retry` (beside it): the one retry policy of every network call
 """
 
-from smartlab_plugins.publish.layout import (
+from smartlab_plugins.layout import (
     ANALYSIS_SPEC,
     ERRORS_KEY,
     EVENTS_KEY,

@@ -1,6 +1,6 @@
 """Analyses' results to Tiled, from a background thread, in order, batched, losslessly.
 
-Where they go is described in :mod:`smartlab_plugins.publish.layout`. Each
+Where they go is described in :mod:`smartlab_plugins.layout`. Each
 round of writes is decided in full (every key, and for each table append the
 number of rows the table has before it) before any is sent, and kept in the
 journal on local disk until Tiled has all of it, so a round can be sent again
@@ -27,8 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from smartlab_plugins.hookspecs import Results
-from smartlab_plugins.publish import journal
-from smartlab_plugins.publish.layout import (
+from smartlab_plugins.layout import (
     ANALYSIS_SPEC,
     ERRORS_KEY,
     EVENTS_KEY,
@@ -39,6 +38,7 @@ from smartlab_plugins.publish.layout import (
     json_clean,
     part_key,
 )
+from smartlab_plugins.publish import journal
 from smartlab_plugins.publish.tables import conform, rows
 from smartlab_plugins.retry import Backoff, is_conflict
 

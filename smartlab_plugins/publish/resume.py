@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from smartlab_plugins.hookspecs import Results
-from smartlab_plugins.publish.layout import ERRORS_KEY, EVENTS_KEY, ErrorRecord
+from smartlab_plugins.layout import ERRORS_KEY, EVENTS_KEY, ErrorRecord
 from smartlab_plugins.publish.results_writer import Publisher
 from smartlab_plugins.results import find_analyses
 

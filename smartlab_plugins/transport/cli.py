@@ -14,7 +14,7 @@ from smartlab_plugins import settings
 
 def _worker(args: argparse.Namespace) -> int:
     from smartlab_plugins.manager import PluginManager
-    from smartlab_plugins.runner import WorkerConfig
+    from smartlab_plugins.protocol import WorkerConfig
     from smartlab_plugins.transport.consumer import BrokerWorker, LeaseLost
     from smartlab_plugins.transport.settings import BrokerSettings, read_config
 

@@ -39,13 +39,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smartlab_plugins.protocol import Shipment, WorkerConfig
 from smartlab_plugins.publish import Publisher
 from smartlab_plugins.publish.resume import TRANSPORT, ResumingPublisher, existing_results
 from smartlab_plugins.retry import Backoff
-from smartlab_plugins.runner import Session, WorkerConfig
 from smartlab_plugins.transport import codec
 from smartlab_plugins.transport.settings import BrokerSettings, connect
-from smartlab_plugins.worker import Shipment
+from smartlab_plugins.worker.serving import Session
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from smartlab_plugins.adaptive.feed import ResultsFeed, observations_of
 from smartlab_plugins.hookspecs import EventBatch, Results
-from smartlab_plugins.worker import live_message
+from smartlab_plugins.worker.records import live_message
 
 
 class Views:

@@ -13,7 +13,7 @@ from bluesky import RunEngine
 from event_model import compose_run, pack_event_page
 from ophyd.sim import det, img, motor
 
-from smartlab_plugins.callbacks.batching import BatchAssembler
+from smartlab_plugins.assembly.batching import BatchAssembler
 from smartlab_plugins.devices.beam import make_devices
 
 

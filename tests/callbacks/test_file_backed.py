@@ -18,7 +18,7 @@ from ophyd_async.core import StaticFilenameProvider, StaticPathProvider, init_de
 from ophyd_async.sim import SimBlobDetector
 from tiled_keys import API_KEY
 
-from smartlab_plugins.callbacks.batching import BatchAssembler
+from smartlab_plugins.assembly.batching import BatchAssembler
 from smartlab_plugins.results import find_analyses, read_errors, read_events
 
 FRAME = (24, 32)
@@ -181,7 +181,7 @@ def assemble(docs, roots) -> Sink:
 
 
 def _policy(roots):
-    from smartlab_plugins.callbacks.external import ReadPolicy
+    from smartlab_plugins.assembly.external import ReadPolicy
 
     return ReadPolicy.build(roots)
 

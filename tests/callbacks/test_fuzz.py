@@ -36,11 +36,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ophyd.sim import det, det1
 
-from smartlab_plugins.callbacks.batching import BatchAssembler, DocumentProblem, RawBatch
+from smartlab_plugins.assembly.batching import BatchAssembler, DocumentProblem, RawBatch
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.manager import PluginManager
+from smartlab_plugins.protocol import Shipment
 from smartlab_plugins.results import find_analyses, read_errors, read_events
-from smartlab_plugins.worker import Shipment, Worker
+from smartlab_plugins.worker import Worker
 
 #: Documents each fuzz test must have fed (the three add up to more than 10,000).
 MIN_DOCUMENTS = {"assembler": 6_000, "worker": 2_000, "smartlab": 2_000}
