@@ -93,9 +93,10 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def detected_device() -> str:
-    import torch
+    """The device the models run on here, as the inference runtime picks it."""
+    from smartlab_plugins.models import runtime
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return runtime.pick_device().type
 
 
 def write_report(rows: list[tuple[str, str, str, str]], results: dict, total: float | None) -> None:

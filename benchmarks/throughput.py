@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from smartlab_plugins.models import phase, segmentation, spinwave
+from smartlab_plugins.cases import simulate_case
+from smartlab_plugins.models import phase, runtime, segmentation, spinwave
 from smartlab_plugins.models.throughput import ThroughputCase, measure_throughput
 from smartlab_plugins.plugins import micrograph_unet, phase_cnn, spinwave_cnn
-from smartlab_plugins.simulate import simulate_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import figure, machine, record, write_section
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = runtime.pick_device().type
     table = [
         "| model | batch | plugin frames/s | bare forward frames/s | bare time / plugin time |",
         "|---|---|---|---|---|",

@@ -1,17 +1,25 @@
-"""Helpers every model plugin needs at inference: input checks, resampling, saliency."""
+"""What every model plugin shares at inference: its declaration, input checks, saliency.
+
+A plugin that runs a shipped network declares a :class:`ModelPlugin` (name,
+field, shape, preprocessing, task) and keeps only what is its own: turning the
+network's outputs into results. Loading, checking and resampling the input,
+preprocessing and the forward pass (through :mod:`smartlab_plugins.models.runtime`,
+which owns the device and the precision) are here, once.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, RunContext
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
-
-
-def device_name() -> str:
-    """Where models run: ``cuda`` when a GPU is visible, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def describe_model_plugin(
@@ -28,16 +36,71 @@ def describe_model_plugin(
         accepts=DataSpec(ndims=(2,), fields=(field,)),
         summary=summary,
         model=model_info(name),
-        device=device_name(),
+        device=runtime.pick_device().type,
         stateless=stateless,
         gpu=True,
     )
 
 
-def start_model_run(run: RunContext, name: str, task: object) -> None:
-    """Load (once per process) and check model ``name`` before the run's first event."""
-    run.state["model"] = shared_model(name)
-    run.state["task"] = task
+@dataclass(frozen=True)
+class Inference:
+    """One batch through a plugin's network: the model, the run's task, inputs and raw outputs."""
+
+    model: LoadedModel
+    task: Any
+    x: np.ndarray  # the preprocessed batch, as the network took it
+    output: torch.Tensor  # float32, on the CPU
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The model card's calibration (temperature, scale factors, thresholds)."""
+        return self.model.card.extras
+
+
+@dataclass(frozen=True)
+class ModelPlugin:
+    """What a plugin running shipped network ``name`` on 2-D ``field`` declares; the rest is shared.
+
+    ``task`` makes the object that interprets the outputs (one per run, in
+    ``run.state["task"]``); ``shape`` and ``preprocess`` say what the field
+    must hold and how it becomes the network's input. A plugin that feeds its
+    network itself (the U-Net's tiling) leaves them out and uses only
+    :meth:`describe` and :meth:`start_run`.
+    """
+
+    name: str
+    version: str
+    field: str
+    summary: str
+    task: Callable[[], Any]
+    stateless: bool = False
+    shape: tuple[int, ...] | None = None
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def describe(self, units: Mapping[str, str]) -> PluginInfo:
+        """The plugin's description, with the unit of each result it publishes."""
+        info = describe_model_plugin(
+            self.name, self.version, self.field, self.summary, self.stateless
+        )
+        return dataclasses.replace(info, units=dict(units))
+
+    def start_run(self, run: RunContext) -> None:
+        """Load (once per process) and check the model before the run's first event."""
+        run.state["model"] = shared_model(self.name)
+        run.state["task"] = self.task()
+
+    def infer(self, run: RunContext, batch: EventBatch) -> Inference | None:
+        """The batch's field checked, preprocessed and through the network; None if absent."""
+        if self.shape is None or self.preprocess is None:
+            raise TypeError(
+                f"{self.name}: infer() needs the plugin to declare shape and preprocess"
+            )
+        values = model_input(run, batch, self.name, self.field, self.shape)
+        if values is None:
+            return None
+        model: LoadedModel = run.state["model"]
+        x = self.preprocess(values)
+        return Inference(model, run.state["task"], x, model.run(x))
 
 
 def model_input(
@@ -80,8 +143,12 @@ def resampled(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def gradient_saliency(model: LoadedModel, x: np.ndarray, output_index: int) -> np.ndarray:
-    """|d output[output_index] / d input| per input pixel, scaled to a maximum of 1 per event."""
-    inputs = torch.as_tensor(x, device=model.device).requires_grad_(True)
+    """|d output[output_index] / d input| per input pixel, scaled to a maximum of 1 per event.
+
+    Outside autocast, so in float32 on every device: the map ranks pixels by
+    gradients that bfloat16 would round together.
+    """
+    inputs = runtime.to_device(x, model.device).requires_grad_(True)
     with torch.enable_grad():
         model.net(inputs)[:, output_index].sum().backward()
     saliency = inputs.grad.abs().amax(dim=1).cpu().numpy()

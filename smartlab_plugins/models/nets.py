@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.cards import ModelIntegrityError
 
 #: What :meth:`TransitionNet.step` carries from frame to frame: the LSTM's hidden and cell
@@ -90,8 +91,9 @@ class TransitionNet(nn.Module):
     Input: (batch, frames, points) preprocessed patterns. Output: (batch,
     frames) logits of ``p_transition``. Causal: the output at frame ``t``
     depends on frames ``0..t`` only. The recurrence always runs in float32
-    (autocast disabled around it), so under CUDA bfloat16 autocast only the
-    encoder runs in bfloat16 and the carried state keeps full precision.
+    (:func:`~smartlab_plugins.models.runtime.full_precision` around it), so
+    under the runtime's CUDA bfloat16 autocast only the encoder runs in
+    bfloat16 and the carried state keeps full precision.
     """
 
     def __init__(
@@ -142,7 +144,7 @@ class TransitionNet(nn.Module):
         hidden: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         inputs = torch.cat([features, features - reference], dim=-1)
-        with torch.autocast(device_type=inputs.device.type, enabled=False):
+        with runtime.full_precision(inputs.device):
             out, hidden = self.lstm(inputs, hidden)
             return self.head(out).squeeze(-1), hidden
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.training import Split
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ def segment(
     Frames up to ``tile`` pixels on a side run whole, ``PIXELS_PER_PASS``
     pixels per forward pass; larger ones tile by tile (:func:`plan_tiles`),
     so no forward pass sees more than ``(tile + 2 * margin)**2`` pixels.
-    Runs on the device the network is on (bfloat16 autocast on CUDA).
+    Runs on the device the network is on, through the inference runtime
+    (bfloat16 autocast on CUDA, plain float32 on the CPU).
     """
     frames = np.asarray(frames)
     if frames.ndim != 3 or min(frames.shape[1:]) < MIN_SIDE:
@@ -206,20 +208,18 @@ def segment(
 
 
 def _logits(net: nn.Module, x: np.ndarray) -> torch.Tensor:
-    """Logits for input ``x`` (n, 1, rows, columns), reflect-padded to the pooling factor."""
+    """Logits for input ``x`` (n, 1, rows, columns), reflect-padded to the pooling factor.
+
+    Float32 on the network's device (:func:`~smartlab_plugins.models.runtime.forward`):
+    the phase map and the uncertainty are reduced from them there, so only those
+    come back from a GPU.
+    """
     rows, columns = x.shape[-2:]
     batch = torch.as_tensor(x)
     pad_rows, pad_columns = (-rows) % net.factor, (-columns) % net.factor
     if pad_rows or pad_columns:
         batch = F.pad(batch, (0, pad_columns, 0, pad_rows), mode="reflect")
-    device = next(net.parameters()).device
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            output = net(batch).float()
-    else:
-        output = net(batch)
-    return output[:, :, :rows, :columns]
+    return runtime.forward(net, batch, on_device=True)[:, :, :rows, :columns]
 
 
 def _fill(result: Segmentation, where: Any, logits: torch.Tensor, temperature: float) -> None:
@@ -334,7 +334,7 @@ def frame_metrics(net: nn.Module, frames: SimulatedSet, temperature: float = 1.0
     result = segment(net, images, temperature=temperature)
     with torch.inference_mode():
         sample = slice(0, min(len(images), 8))
-        logits = _logits(net, preprocess(images[sample]))
+        logits = _logits(net, preprocess(images[sample])).cpu()
     return {
         **mask_metrics(result.mask, truth),
         "pixel_ece": pixel_calibration_error(logits, truth[sample], temperature),

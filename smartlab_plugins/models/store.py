@@ -13,12 +13,13 @@ import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from smartlab_plugins.hookspecs import ModelInfo
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.cards import ModelCard, ModelIntegrityError
 from smartlab_plugins.models.nets import build
 
@@ -70,23 +71,24 @@ class LoadedModel:
     net: nn.Module
     device: torch.device
 
-    def run(self, x: Any) -> torch.Tensor:
-        """Raw outputs for preprocessed inputs ``x`` (numpy), as a CPU float tensor.
+    def run(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw outputs for preprocessed inputs ``x``, as a float32 CPU tensor.
 
-        On CUDA the batch is copied from pinned memory without blocking and the
-        forward pass runs under bfloat16 autocast.
+        Through the inference runtime (:func:`~smartlab_plugins.models.runtime.forward`):
+        on CUDA a pinned, non-blocking copy and bfloat16 autocast; on the CPU the
+        network's own float32 forward pass.
         """
-        batch = torch.as_tensor(x)
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return self.net(batch).float().cpu()
-            return self.net(batch)
+        return runtime.forward(self.net, x, self.device)
 
 
-def load_model(name: str, directory: Path | None = None, device: str | None = None) -> LoadedModel:
-    """Load model ``name``, refusing weights whose hash does not match the card."""
+def load_model(
+    name: str, directory: Path | None = None, device: str | torch.device | None = None
+) -> LoadedModel:
+    """Load model ``name``, refusing weights whose hash does not match the card.
+
+    ``device`` as :func:`~smartlab_plugins.models.runtime.pick_device` takes it
+    (None: a GPU if one is visible, else the CPU).
+    """
     directory = Path(directory or model_dir(name))
     card = card_of(name, directory)
     if card is None:
@@ -98,12 +100,12 @@ def load_model(name: str, directory: Path | None = None, device: str | None = No
     return _load(card, directory, device)
 
 
-def _load(card: ModelCard, directory: Path, device: str | None) -> LoadedModel:
+def _load(card: ModelCard, directory: Path, device: str | torch.device | None) -> LoadedModel:
     path = card.verify(directory)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = build(card.architecture)
     net.load_state_dict(state)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = runtime.pick_device(device)
     net.to(target).eval()
     return LoadedModel(card, net, target)
 

@@ -3,7 +3,8 @@
 The plugin's path is its ``smartlab_analyze`` hook on an :class:`EventBatch`
 (input checks, preprocessing, forward pass, turning outputs into results);
 the reference is the network's own forward pass of the same batch, already
-preprocessed (:meth:`LoadedModel.run`: to the model's device and back).
+preprocessed (:meth:`LoadedModel.run`: through the inference runtime to the
+model's device and back, exactly as the plugin's own forward pass goes).
 Their time ratio says what the plugin adds to the network's own cost;
 ``make bench`` reports it per batch size for every shipped model.
 """

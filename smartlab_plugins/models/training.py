@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.cards import ModelCard, sha256_of
 
 
@@ -90,11 +91,6 @@ class Task(Protocol):
     def calibrate(self, net: nn.Module, validation: Split) -> dict[str, Any]: ...
 
 
-def pick_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def split_by_seed(
     data: Split, fractions: tuple[float, float, float], seed: int
 ) -> tuple[Split, Split, Split]:
@@ -123,14 +119,18 @@ def cosine_rate(config: TrainingConfig, epoch: int, spent: float) -> float:
 def predict(
     net: nn.Module, x: np.ndarray, batch_size: int = 256, device: torch.device | None = None
 ) -> torch.Tensor:
-    """The network's raw outputs for ``x``, in eval mode, on the CPU."""
-    device = device or next(net.parameters()).device
+    """The network's raw outputs for ``x``, in eval mode, as float32 on the CPU.
+
+    Through the inference runtime (:func:`~smartlab_plugins.models.runtime.forward`),
+    as the plugins run the network: the validation scores that pick the epoch,
+    the calibration and the card's metrics describe the model as it is served
+    (bfloat16 autocast on CUDA, the plain float32 forward pass on the CPU).
+    """
     net.eval()
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            batch = torch.as_tensor(x[start : start + batch_size], device=device)
-            outputs.append(net(batch).float().cpu())
+    outputs = [
+        runtime.forward(net, x[start : start + batch_size], device)
+        for start in range(0, len(x), batch_size)
+    ]
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
@@ -186,7 +186,7 @@ def _fit(
     trainable: Callable[[nn.Module], list[nn.Parameter]] | None,
     budget_seconds: float | None,
 ) -> History:
-    device = pick_device()
+    device = runtime.pick_device()
     net.to(device)
     parameters = trainable(net) if trainable else list(net.parameters())
     optimizer = torch.optim.Adam(
@@ -309,7 +309,7 @@ def _train_model(
             "stopped_because": history.stopped_because,
             "seconds": round(history.seconds, 1),
             "simulation_seconds": round(simulation_seconds, 1),
-            "device": str(pick_device()),
+            "device": str(runtime.pick_device()),
             "parameters": sum(p.numel() for p in net.parameters()),
         },
         data={

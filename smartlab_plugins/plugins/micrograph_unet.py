@@ -24,7 +24,6 @@ and its per-frame mean ``uncertainty_mean``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,28 +31,32 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import segmentation
-from smartlab_plugins.models.inference import describe_model_plugin, start_model_run
+from smartlab_plugins.models.inference import ModelPlugin
 
-NAME = segmentation.NAME
-FIELD = segmentation.FIELD
+PLUGIN = ModelPlugin(
+    name=segmentation.NAME,
+    version=segmentation.VERSION,
+    field=segmentation.FIELD,
+    summary="phase map (array) and phase area fractions of SEM frames (U-Net)",
+    task=segmentation.MicrographTask,
+)
+NAME = PLUGIN.name
+FIELD = PLUGIN.field
 DIMS = ("row", "column")
 
 
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``camera_image`` frames; the model is the shipped ``micrograph_unet`` weights."""
-    summary = "phase map (array) and phase area fractions of SEM frames (U-Net)"
-    info = describe_model_plugin(NAME, segmentation.VERSION, FIELD, summary)
     fractions = {f"fraction_{name}": "" for name in segmentation.phase_names()}
     # phase ids, area fractions and 1 - probability are all dimensionless
-    units = {"mask": "", **fractions, "uncertainty": "", "uncertainty_mean": ""}
-    return dataclasses.replace(info, units=units)
+    return PLUGIN.describe({"mask": "", **fractions, "uncertainty": "", "uncertainty_mean": ""})
 
 
 @hookimpl
 def smartlab_start_run(run: RunContext) -> None:
     """Load (once per process) and check the model before the first event."""
-    start_model_run(run, NAME, segmentation.MicrographTask())
+    PLUGIN.start_run(run)
 
 
 @hookimpl

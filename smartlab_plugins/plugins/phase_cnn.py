@@ -16,49 +16,48 @@ magnitude of the winning class's logit, i.e. which rings decided it.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import phase
-from smartlab_plugins.models.inference import (
-    describe_model_plugin,
-    gradient_saliency,
-    model_input,
-    start_model_run,
-)
+from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency
 
-NAME = phase.NAME
-FIELD = "mpb_image"
+PLUGIN = ModelPlugin(
+    name=phase.NAME,
+    version=phase.VERSION,
+    field="mpb_image",
+    summary="crystal phase probabilities from diffraction frames (the talk's CNN)",
+    task=phase.PhaseTask,
+    stateless=True,
+    shape=phase.FIELD_SHAPE,
+    preprocess=phase.preprocess,
+)
+NAME = PLUGIN.name
+FIELD = PLUGIN.field
 
 
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``mpb_image`` frames; the model is the shipped ``phase_cnn`` weights."""
-    summary = "crystal phase probabilities from diffraction frames (the talk's CNN)"
-    info = describe_model_plugin(NAME, phase.VERSION, FIELD, summary, stateless=True)
     probabilities = {f"p_{name}": "" for name in phase.class_names()}
     # the class index and the probabilities are dimensionless; saliency is relative
-    units = {"phase": "", "confidence": "", **probabilities, "saliency": "a.u."}
-    return dataclasses.replace(info, units=units)
+    return PLUGIN.describe({"phase": "", "confidence": "", **probabilities, "saliency": "a.u."})
 
 
 @hookimpl
 def smartlab_start_run(run: RunContext) -> None:
     """Load (once per process) and check the model before the first event."""
-    start_model_run(run, NAME, phase.PhaseTask())
+    PLUGIN.start_run(run)
 
 
 @hookimpl
 def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     """Classify every frame of the batch."""
-    frames = model_input(run, batch, NAME, FIELD, phase.FIELD_SHAPE)
-    if frames is None:
+    done = PLUGIN.infer(run, batch)
+    if done is None:
         return None
-    model, task = run.state["model"], run.state["task"]
-    x = phase.preprocess(frames)
-    probabilities = task.probabilities(model.run(x), model.card.extras)
+    task = done.task
+    probabilities = task.probabilities(done.output, done.extras)
     winner = probabilities.argmax(axis=1)
     results = Results(
         scalars={
@@ -70,7 +69,10 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     )
     if run.options.get("saliency"):
         bands = np.stack(
-            [gradient_saliency(model, x[i : i + 1], int(c))[0] for i, c in enumerate(winner)]
+            [
+                gradient_saliency(done.model, done.x[i : i + 1], int(c))[0]
+                for i, c in enumerate(winner)
+            ]
         )
         full = np.repeat(bands, phase.ROW_BAND, axis=1)
         results.arrays["saliency"] = np.pad(

@@ -18,23 +18,27 @@ get ``outside_training = 1`` and a warning once per run: their estimates drift.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import spinwave
-from smartlab_plugins.models.inference import (
-    describe_model_plugin,
-    gradient_saliency,
-    model_input,
-    start_model_run,
-)
+from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency
 
 logger = logging.getLogger(__name__)
-NAME = spinwave.NAME
-FIELD = "ins_sqw"
+PLUGIN = ModelPlugin(
+    name=spinwave.NAME,
+    version=spinwave.VERSION,
+    field="ins_sqw",
+    summary="J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)",
+    task=spinwave.SpinWaveTask,
+    stateless=True,
+    shape=spinwave.FIELD_SHAPE,
+    preprocess=spinwave.preprocess,
+)
+NAME = PLUGIN.name
+FIELD = PLUGIN.field
 UNITS = {
     **{name: "meV" for p in spinwave.PARAMETERS for name in (p, f"{p}_std")},
     "outside_training": "",
@@ -45,27 +49,23 @@ UNITS = {
 @hookimpl
 def smartlab_describe() -> PluginInfo:
     """Reads ``ins_sqw`` maps; the model is the shipped ``spinwave_cnn`` weights."""
-    summary = "J1, J2, D (meV) with uncertainties from S(|Q|,E) maps (CNN, Laplace head)"
-    info = describe_model_plugin(NAME, spinwave.VERSION, FIELD, summary, stateless=True)
-    return dataclasses.replace(info, units=UNITS)
+    return PLUGIN.describe(UNITS)
 
 
 @hookimpl
 def smartlab_start_run(run: RunContext) -> None:
     """Load (once per process) and check the model before the first event."""
-    start_model_run(run, NAME, spinwave.SpinWaveTask())
+    PLUGIN.start_run(run)
 
 
 @hookimpl
 def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     """Predict the exchange constants of every map in the batch."""
-    maps = model_input(run, batch, NAME, FIELD, spinwave.FIELD_SHAPE)
-    if maps is None:
+    done = PLUGIN.infer(run, batch)
+    if done is None:
         return None
-    model, task = run.state["model"], run.state["task"]
-    x = spinwave.preprocess(maps)
-    mean, std = task.interpret(model.run(x), model.card.extras)
-    config = model.card.data["generator_config"]
+    mean, std = done.task.interpret(done.output, done.extras)
+    config = done.model.card.data["generator_config"]
     flagged = spinwave.outside_training(dict(batch.context), config, len(batch))
     if flagged.any() and not run.state.get("warned"):
         run.state["warned"] = True
@@ -85,7 +85,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
         }
     )
     if run.options.get("saliency"):
-        saliency = gradient_saliency(model, x, output_index=0)
+        saliency = gradient_saliency(done.model, done.x, output_index=0)
         results.arrays["saliency"] = np.repeat(np.repeat(saliency, 2, axis=1), 2, axis=2)
         results.dims["saliency"] = ("q", "energy")
     return results

@@ -58,8 +58,8 @@ from smartlab_plugins.hookspecs import (
     RunContext,
     hookimpl,
 )
-from smartlab_plugins.models import transition
-from smartlab_plugins.models.inference import device_name, model_input
+from smartlab_plugins.models import runtime, transition
+from smartlab_plugins.models.inference import model_input
 from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def smartlab_describe() -> PluginInfo:
         accepts=DataSpec(ndims=(1,), fields=(FIELD,)),
         summary="online transition flag and onset temperature on temperature ramps (LSTM)",
         model=model_info(NAME),
-        device=device_name(),
+        device=runtime.pick_device().type,
         units=UNITS,
     )
 
