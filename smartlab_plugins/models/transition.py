@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.models import runtime
 from smartlab_plugins.models.nets import State
 from smartlab_plugins.models.training import Split
 
@@ -174,16 +175,13 @@ class FlagRule:
 def step_frame(model: LoadedModel, pattern: np.ndarray, state: State | None) -> tuple[float, State]:
     """``p_transition`` of one pattern (512,) and the state to carry, on the model's device.
 
-    On CUDA the encoder runs under bfloat16 autocast, like
-    :meth:`LoadedModel.run`; the recurrence stays in float32.
+    Through the inference runtime, as :meth:`LoadedModel.run`: on CUDA the
+    encoder runs under bfloat16 autocast and the recurrence in float32 (see
+    :class:`~smartlab_plugins.models.nets.TransitionNet`); the state stays on the device.
     """
-    x = torch.as_tensor(preprocess(pattern[None])).to(model.device)
-    with torch.inference_mode():
-        if model.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logit, state = model.net.step(x, state)
-        else:
-            logit, state = model.net.step(x, state)
+    x = runtime.to_device(preprocess(pattern[None]), model.device)
+    with runtime.inference(model.device):
+        logit, state = model.net.step(x, state)
     return float(torch.sigmoid(logit.float())[0]), state
 
 
@@ -307,7 +305,7 @@ class TransitionTask:
         }
 
     def make_data(self, n: int, seed: int) -> Split:
-        from smartlab_plugins.simulate import simulate_case
+        from smartlab_plugins.cases import simulate_case
 
         made = simulate_case("operando", n, seed=seed, config=training_config(), progress=False)
         return self.from_set(made)
