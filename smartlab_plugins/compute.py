@@ -35,11 +35,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext
-from smartlab_plugins.manager import ENTRY_POINT_GROUP, PluginManager, UnknownPluginError
+from smartlab_plugins.manager import PLUGINS, PluginManager
 from smartlab_plugins.settings import ConfigurationError
 
 if TYPE_CHECKING:
@@ -102,7 +101,7 @@ class DaskEngine:
             ) from None
         self._checked = -float("inf")
         self._gpus: bool | None = None
-        self._installed = frozenset(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        self._installed = frozenset(PLUGINS.installed())
         logger.info("compute engine: Dask scheduler at %s", address)
 
     def runs(self, info: PluginInfo) -> bool:
@@ -166,8 +165,7 @@ def analyze_remote(plugin: str, run: RunContext, stream: str, batch: EventBatch)
     ``state``; the process keeps its own, per plugin and run.
     """
     with _lock:
-        if plugin not in _plugins.names():
-            _load(plugin)
+        _plugins.load(plugin)
         context = _runs.get((plugin, run.uid))
         if context is None:
             context = RunContext(run.uid, run.start, dict(run.descriptors), options=run.options)
@@ -179,15 +177,6 @@ def analyze_remote(plugin: str, run: RunContext, stream: str, batch: EventBatch)
             context.descriptors.update(run.descriptors)
             _runs.move_to_end((plugin, run.uid))
     return _plugins.call("smartlab_analyze", plugin, run=context, stream=stream, batch=batch)
-
-
-def _load(plugin: str) -> None:
-    """Register the installed plugin ``plugin``, as :class:`PluginManager` loads entry points
-    (the worker that sent the task has already checked that its name matches)."""
-    entry_point = next(iter(entry_points(group=ENTRY_POINT_GROUP, name=plugin)), None)
-    if entry_point is None:
-        raise UnknownPluginError(plugin, entry_points(group=ENTRY_POINT_GROUP).names)
-    _plugins.register(entry_point.load(), source=f"entry point {entry_point.value}")
 
 
 def started_runs() -> list[tuple[str, str]]:

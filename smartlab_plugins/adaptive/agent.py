@@ -29,10 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pluggy
 
 from smartlab_plugins import settings
-from smartlab_plugins.adaptive import protocol
+from smartlab_plugins.adaptive.manager import PlannerManager
 from smartlab_plugins.adaptive.protocol import Observation, PlanContext, StopRequest, Suggestion
 from smartlab_plugins.retry import Backoff
 
@@ -187,11 +186,8 @@ class QueueAgent:
         self.backoff = backoff or DEFAULT_BACKOFF
         self.results_timeout = results_timeout
         self.poll_interval = poll_interval
-        self._pm = pluggy.PluginManager(protocol.PROJECT_NAME)
-        self._pm.add_hookspecs(protocol)
-        self._pm.register(planner)
-        self._pm.check_pending()
-        self.info = self._pm.hook.smartlab_planner_describe()[0]
+        self._planners = PlannerManager(load_entrypoints=False)
+        self.info = self._planners.info(self._planners.register(planner))
         self.context = PlanContext(uid=experiment, axes=dict(target.axes), budget=0)
         self._api = api
         self._client: Any = None
@@ -243,7 +239,7 @@ class QueueAgent:
         n = self.points_per_round
         corrections: list[dict[str, Any]] = []
         try:
-            suggestions = self._first(self._pm.hook.smartlab_suggest(plan=self.context, n=n)) or []
+            suggestions = self._call("smartlab_suggest", plan=self.context, n=n) or []
         except Exception as exc:
             log.warning(
                 "planner %s failed to suggest (%r); using the fallback", self.info.name, exc
@@ -344,14 +340,13 @@ class QueueAgent:
 
     def _should_stop(self) -> StopRequest | None:
         try:
-            return self._first(self._pm.hook.smartlab_should_stop(plan=self.context))
+            return self._call("smartlab_should_stop", plan=self.context)
         except Exception as exc:
             log.warning("planner %s failed in should_stop (%r); going on", self.info.name, exc)
             return None
 
-    @staticmethod
-    def _first(results: list[Any]) -> Any:
-        return results[0] if results else None
+    def _call(self, hook: str, **kwargs: Any) -> Any:
+        return self._planners.call(hook, self.info.name, **kwargs)
 
     # -- the queueserver -----------------------------------------------------------------
 
@@ -508,7 +503,7 @@ class QueueAgent:
                         self._measured.append(dict(obs.position))
                 self.context.measured = len(self._measured)
                 if observations:
-                    self._pm.hook.smartlab_ingest(plan=self.context, observations=observations)
+                    self._call("smartlab_ingest", plan=self.context, observations=observations)
         return new_runs
 
     def _read_observations(self, run_uid: str) -> list[Observation]:
@@ -519,7 +514,7 @@ class QueueAgent:
         every ``RESULTS_RECHECK_S`` in case a push was missed.
         """
         from smartlab_plugins.following import NodeChanges
-        from smartlab_plugins.publish import ROOT_KEY
+        from smartlab_plugins.layout import ROOT_KEY
         from smartlab_plugins.results import find_analyses, read_events
 
         deadline = time.monotonic() + self.results_timeout

@@ -1,21 +1,20 @@
 """Planner discovery, registration and per-planner hook calls.
 
-Planners load in layers, as analysis plugins do (:mod:`smartlab_plugins.manager`):
-installed entry points of the ``smartlab.planners`` group (SmartLab's built-in
-planners arrive this way too), then objects registered explicitly with
-:meth:`PlannerManager.register`. Every hook is called for one planner at a time,
-so a planner that raises is recorded against itself and the others are still heard.
+Planners load in layers, as analysis plugins do, through the same
+:class:`~smartlab_plugins.registry.Registry`: installed entry points of the
+``smartlab.planners`` group (SmartLab's built-in planners arrive this way too),
+then objects registered explicitly with :meth:`PlannerManager.register`. Every
+hook is called for one planner at a time, so a planner that raises is recorded
+against itself and the others are still heard.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-
-import pluggy
 
 from smartlab_plugins.adaptive import protocol
 from smartlab_plugins.adaptive.protocol import (
@@ -25,21 +24,25 @@ from smartlab_plugins.adaptive.protocol import (
     StopRequest,
     Suggestion,
 )
+from smartlab_plugins.registry import Kind, Registry, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
 
-class UnknownPlannerError(KeyError):
+class UnknownPlannerError(UnknownNameError):
     """A planner name that no installed or registered planner has."""
 
-    def __init__(self, name: str, available: Iterable[str]) -> None:
-        self.name = name
-        self.available = sorted(available)
-        super().__init__(name)
+    noun = "planner"
 
-    def __str__(self) -> str:
-        listed = ", ".join(self.available) or "none"
-        return f"unknown planner {self.name!r}; available planners: {listed}"
+
+#: Planners: the hooks of :mod:`~smartlab_plugins.adaptive.protocol`, in ``smartlab.planners``.
+PLANNERS = Kind(
+    protocol,
+    protocol.ENTRY_POINT_GROUP,
+    "smartlab_planner_describe",
+    PlannerInfo,
+    UnknownPlannerError,
+)
 
 
 @dataclass(frozen=True)
@@ -53,98 +56,15 @@ class PlannerFailure:
     traceback: str
 
     def describe(self) -> str:
+        """One line for the log and the decision record: who failed, in which hook, how."""
         return f"{self.planner}.{self.hook} raised {self.error}: {self.message}"
 
 
-class PlannerManager:
+class PlannerManager(Registry[PlannerInfo]):
     """SmartLab's planners: which exist, what they read, and calling them one at a time."""
 
     def __init__(self, load_entrypoints: bool = True) -> None:
-        self._pm = pluggy.PluginManager(protocol.PROJECT_NAME)
-        self._pm.add_hookspecs(protocol)
-        self._infos: dict[str, PlannerInfo] = {}
-        self._sources: dict[str, str] = {}
-        self._callers: dict[tuple[str, str], Any] = {}
-        if load_entrypoints:
-            self._load_entrypoints()
-
-    def _load_entrypoints(self) -> None:
-        self._pm.load_setuptools_entrypoints(protocol.ENTRY_POINT_GROUP)
-        self._pm.check_pending()
-        for planner, dist in self._pm.list_plugin_distinfo():
-            name = self._pm.get_name(planner)
-            info = self._describe(name)
-            if info.name != name:
-                self._pm.unregister(planner)
-                raise pluggy.PluginValidationError(
-                    planner,
-                    f"planner from entry point {name!r} of {dist.project_name} describes "
-                    f"itself as {info.name!r}; the two names must match",
-                )
-            self._infos[name] = info
-            self._sources[name] = f"{dist.project_name} {dist.version}"
-
-    def register(self, planner: object, source: str = "registered in this session") -> str:
-        """Register a planner object or module and return its name.
-
-        Raises ``pluggy.PluginValidationError`` when it lacks
-        ``smartlab_planner_describe``, or a hook implementation does not match
-        its specification or names a hook that does not exist.
-        """
-        describe = getattr(planner, "smartlab_planner_describe", None)
-        if describe is None:
-            raise pluggy.PluginValidationError(
-                planner,
-                f"{planner!r} does not implement the required hook smartlab_planner_describe",
-            )
-        info = describe()
-        if not isinstance(info, PlannerInfo):
-            raise pluggy.PluginValidationError(
-                planner,
-                f"smartlab_planner_describe of {planner!r} returned {info!r}, not a PlannerInfo",
-            )
-        if info.name in self._infos:
-            raise ValueError(f"a planner named {info.name!r} is already registered")
-        self._pm.register(planner, name=info.name)
-        try:
-            self._pm.check_pending()
-        except pluggy.PluginValidationError:
-            self._pm.unregister(planner)
-            raise
-        self._infos[info.name] = info
-        self._sources[info.name] = source
-        self._callers.clear()
-        return info.name
-
-    def unregister(self, name: str) -> None:
-        self._pm.unregister(name=self._check(name))
-        del self._infos[name], self._sources[name]
-        self._callers.clear()
-
-    def names(self) -> list[str]:
-        """Names of all planners, sorted."""
-        return sorted(self._infos)
-
-    def info(self, name: str) -> PlannerInfo:
-        return self._infos[self._check(name)]
-
-    def source(self, name: str) -> str:
-        """Where a planner came from: its distribution and version, or this session."""
-        return self._sources[self._check(name)]
-
-    def resolve(self, names: Iterable[str]) -> list[str]:
-        """Check planner names, raising :class:`UnknownPlannerError` for the first unknown one."""
-        return [self._check(name) for name in names]
-
-    def call(self, hook: str, name: str, **kwargs: Any) -> Any:
-        """Call ``hook`` of one planner only; its return value, or None if it has none."""
-        caller = self._callers.get((hook, name))
-        if caller is None:
-            others = [p for n, p in self._pm.list_name_plugin() if n != name]
-            caller = self._pm.subset_hook_caller(hook, remove_plugins=others)
-            self._callers[(hook, name)] = caller
-        results = caller(**kwargs)
-        return results[0] if results else None
+        super().__init__(PLANNERS, load_entrypoints)
 
     # -- the hooks, for several planners of one plan, failures kept apart ------
 
@@ -217,21 +137,6 @@ class PlannerManager:
             failure = _failure(name, hook, exc)
             logger.warning("planner %s", failure.describe())
             return None, failure
-
-    def _describe(self, name: str) -> PlannerInfo:
-        info = self.call("smartlab_planner_describe", name)
-        if not isinstance(info, PlannerInfo):
-            raise pluggy.PluginValidationError(
-                self._pm.get_plugin(name),
-                f"planner {name!r} must implement smartlab_planner_describe returning a "
-                f"PlannerInfo, got {info!r}",
-            )
-        return info
-
-    def _check(self, name: str) -> str:
-        if name not in self._infos:
-            raise UnknownPlannerError(name, self._infos)
-        return name
 
 
 def _failure(name: str, hook: str, exc: BaseException) -> PlannerFailure:

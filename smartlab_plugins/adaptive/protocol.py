@@ -3,7 +3,8 @@
 A planner learns from results so far and proposes where to measure next, in
 bluesky-adaptive's terms (``ingest`` and ``suggest``; its ``tell``/``ask`` are
 deprecated). Planners are found through the ``smartlab.planners`` entry-point
-group or registered explicitly, and implement only the hooks they need::
+group or registered explicitly, and implement only the hooks they need, each
+marked with this module's ``hookimpl`` (not the analysis plugins' one)::
 
     smartlab_planner_describe()               once, when the planner is registered
     smartlab_ingest(plan, observations)       each time new results arrive
@@ -23,7 +24,9 @@ from typing import Any, Literal
 
 import pluggy
 
-PROJECT_NAME = "smartlab"
+#: The planners' pluggy project, apart from the analysis plugins' (``smartlab``): a planner
+#: marks its hooks with this module's ``hookimpl``.
+PROJECT_NAME = "smartlab_planners"
 ENTRY_POINT_GROUP = "smartlab.planners"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

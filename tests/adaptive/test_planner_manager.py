@@ -6,8 +6,9 @@ import pluggy
 import pytest
 from sample_planners import BadHook, Fixed, Raising
 
+from smartlab_plugins import hookimpl as plugin_hookimpl
 from smartlab_plugins.adaptive.manager import PlannerManager, UnknownPlannerError
-from smartlab_plugins.adaptive.protocol import Observation, PlanContext
+from smartlab_plugins.adaptive.protocol import Observation, PlanContext, PlannerInfo
 
 
 def contexts(*names):
@@ -55,3 +56,21 @@ def test_ingest_gives_each_planner_only_the_plugins_it_reads():
     assert manager.ingest(list(ctx), ctx, [lstm]) == []
     assert ctx["transition_bracket"].state["seen"] == [(450.0, False, 1)]
     assert "seen" not in ctx["phase_boundary"].state
+
+
+def test_a_planner_marked_with_the_analysis_plugins_hookimpl_is_refused():
+    class Misfiled:
+        @plugin_hookimpl
+        def smartlab_planner_describe(self):
+            return PlannerInfo("misfiled", "1", ())
+
+        @plugin_hookimpl
+        def smartlab_suggest(self, plan, n):
+            return []
+
+    manager = PlannerManager(load_entrypoints=False)
+    with pytest.raises(pluggy.PluginValidationError) as error:
+        manager.register(Misfiled())
+    assert "smartlab_plugins.adaptive.protocol.hookimpl" in str(error.value)
+    assert "smartlab_planner_describe, smartlab_suggest" in str(error.value)
+    assert manager.names() == []
