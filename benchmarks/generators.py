@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from smartlab_plugins.simulate import CASES, simulate_case
+from smartlab_plugins.cases import CASES, simulate_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import figure, machine, record, write_section

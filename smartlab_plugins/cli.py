@@ -48,11 +48,11 @@ def _demo(args: argparse.Namespace) -> int:
             raise settings.ConfigurationError(
                 "--distributed starts its own Tiled server on PostgreSQL; drop --tiled/--data-dir"
             )
-        from smartlab_plugins.transport.demo import run_distributed_demo
+        from smartlab_demos.distributed import run_distributed_demo
 
         comparisons = run_distributed_demo(points=args.points)
         return 0 if all(c.equal for c in comparisons) else 1
-    from smartlab_plugins.demo import run_demo
+    from smartlab_demos.live import run_demo
 
     run_demo(tiled_uri=args.tiled, data_dir=args.data_dir, points=args.points)
     return 0
@@ -64,7 +64,7 @@ def _demo_adaptive(args: argparse.Namespace) -> int:
         raise settings.ConfigurationError("--distributed applies to `smartlab demo` alone")
     if not args.queueserver_only:
         try:
-            from smartlab_plugins.adaptive.demo import run_in_loop_demo
+            from smartlab_demos.adaptive_in_loop import run_in_loop_demo
         except ImportError as exc:
             raise settings.ConfigurationError(
                 f"the in-loop adaptive demo is not available in this installation ({exc}); "
@@ -72,7 +72,7 @@ def _demo_adaptive(args: argparse.Namespace) -> int:
             ) from None
         run_in_loop_demo(tiled_uri=args.tiled, data_dir=args.data_dir)
     if not args.in_loop_only:
-        from smartlab_plugins.adaptive.qserver_demo import run_queueserver_demo
+        from smartlab_demos.adaptive_queueserver import run_queueserver_demo
 
         run_queueserver_demo(tiled_uri=args.tiled, data_dir=args.data_dir, rounds=args.rounds)
     return 0
@@ -120,12 +120,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from smartlab_plugins.simulate import write_case
+    from smartlab_plugins.cases import configured, simulate_case
 
-    overrides = dict(item.split("=", 1) for item in args.set)
-    path = write_case(
-        args.case, args.n, args.out, seed=args.seed, chunk=args.chunk, overrides=overrides
-    )
+    config = configured(args.case, dict(item.split("=", 1) for item in args.set))
+    made = simulate_case(args.case, args.n, seed=args.seed, chunk=args.chunk, config=config)
+    path = made.save(args.out)
     print(f"wrote {args.n} {args.case} samples (seed {args.seed}) to {path}")
     return 0
 
@@ -280,6 +279,7 @@ def use_api_key(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``smartlab`` command's parser; imports no command's dependencies (each command
     imports its own when it runs), so that ``smartlab --help`` and typos answer at once."""
+    from smartlab_plugins.cases import CASES, DEFAULT_CHUNK
     from smartlab_plugins.models.registry import BASELINE_NAMES, TASKS
     from smartlab_plugins.transport.cli import add_commands as add_transport_commands
 
@@ -426,14 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate N labelled samples from an instrument's physics model and write "
         "them, with the generator config and seed, to an HDF5 file.",
     )
-    simulate.add_argument("case", choices=["ins", "mpb", "operando", "microscopy"])
+    simulate.add_argument("case", choices=list(CASES))
     simulate.add_argument("-n", "--n", type=_positive, required=True, help="number of samples")
     simulate.add_argument("--out", type=Path, required=True, help="output file (.h5)")
     simulate.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     simulate.add_argument(
         "--chunk",
         type=_positive,
-        default=1000,
+        default=DEFAULT_CHUNK,
         help="samples per generator call (default: %(default)s)",
     )
     simulate.add_argument(
@@ -534,6 +534,7 @@ USER_ERRORS = {
     "smartlab_plugins.models.cards": "ModelIntegrityError",
     "smartlab_plugins.models.finetune": "DataSetError",
     "smartlab_plugins.processes": "ProcessStartError",
+    "smartlab_plugins.registry": "UnknownNameError",
     "smartlab_plugins.replay": "UnknownRunError",
 }
 

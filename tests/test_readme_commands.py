@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from smartlab_plugins.cases import simulate_case
 from smartlab_plugins.cli import build_parser
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.models.cards import ModelCard
 from smartlab_plugins.models.store import card_of
-from smartlab_plugins.simulate import simulate_case
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL_COMMANDS = ("train", "evaluate", "simulate", "finetune")

@@ -518,12 +518,12 @@ def transfer_experiment() -> list[tuple[str, dict]]:
     """On a shifted instrument: shipped, trained from scratch on 50 maps, fine-tuned on them."""
     import tempfile
 
+    from smartlab_plugins.cases import simulate_case
     from smartlab_plugins.devices.ins import SpinWaveConfig
     from smartlab_plugins.models.finetune import FINETUNE_CONFIG, finetune, score
     from smartlab_plugins.models.nets import build
     from smartlab_plugins.models.spinwave import SpinWaveTask
     from smartlab_plugins.models.training import TrainingConfig, fit, predict, split_by_seed
-    from smartlab_plugins.simulate import simulate_case
 
     shifted = replace(SpinWaveConfig(), **SHIFT)
     small = simulate_case("ins", 50, seed=501, config=shifted, progress=False)

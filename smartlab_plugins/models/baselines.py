@@ -76,7 +76,7 @@ class BaselineSet:
 
     def make_data(self, n: int, seed: int) -> Split:
         """Features and targets for the same samples and split as the CNN's."""
-        from smartlab_plugins.simulate import simulate_case
+        from smartlab_plugins.cases import simulate_case
 
         task = self.task()
         if self.kind == "regression":

@@ -74,7 +74,7 @@ class PhaseTask:
         }
 
     def make_data(self, n: int, seed: int) -> Split:
-        from smartlab_plugins.simulate import simulate_case
+        from smartlab_plugins.cases import simulate_case
 
         return self.from_set(simulate_case("mpb", n, seed=seed, config=training_config()))
 

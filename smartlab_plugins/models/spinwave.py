@@ -76,7 +76,7 @@ class SpinWaveTask:
         }
 
     def make_data(self, n: int, seed: int) -> Split:
-        from smartlab_plugins.simulate import simulate_case
+        from smartlab_plugins.cases import simulate_case
 
         return self.from_set(simulate_case("ins", n, seed=seed))
 

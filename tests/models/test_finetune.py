@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
+from smartlab_plugins.cases import simulate_case
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.devices.ins import SpinWaveConfig
 from smartlab_plugins.models.finetune import DataSetError, finetune, load_examples, score
 from smartlab_plugins.models.spinwave import SpinWaveTask
 from smartlab_plugins.models.store import card_of
-from smartlab_plugins.simulate import simulate_case
 
 SHIFTED = replace(SpinWaveConfig(), resolution_fraction=0.06, background_rate=0.1)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from smartlab_plugins.cases import simulate_case
 from smartlab_plugins.models import phase, segmentation, spinwave
 from smartlab_plugins.models.throughput import ThroughputCase, measure_throughput
 from smartlab_plugins.plugins import micrograph_unet, phase_cnn, spinwave_cnn
-from smartlab_plugins.simulate import simulate_case
 
 
 def cases() -> dict[str, ThroughputCase]:

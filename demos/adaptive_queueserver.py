@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from smartlab_demos.target import tiled_server
 from smartlab_plugins.adaptive.protocol import (
     PlanContext,
     PlannerInfo,
@@ -102,7 +103,6 @@ def run_queueserver_demo(
     """Run the agent for ``rounds`` rounds through a real queueserver; print and return them."""
     from smartlab_plugins.adaptive.agent import QueueAgent, QueueTarget
     from smartlab_plugins.adaptive.qserver import RedisServer, REManager
-    from smartlab_plugins.demo import tiled_server
     from smartlab_plugins.devices import mpb
 
     with (

@@ -17,18 +17,16 @@ with no local data folder, the in-memory detectors stand in for them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from smartlab_demos.target import Target, step, tiled_server
 from smartlab_plugins import settings
 
 QUERY_SNIPPET = """\
@@ -51,55 +49,6 @@ print(table)
 print(analysis.metadata["summary"])"""
 
 
-@dataclass
-class Target:
-    """The Tiled server the demo publishes to; ``embedded_dir`` is set if the demo started it."""
-
-    uri: str
-    api_key: str | None
-    embedded_dir: Path | None = None
-    #: where detectors write files the server reads (its ``external/`` folder); None: unknown
-    external_dir: Path | None = None
-
-
-@contextlib.contextmanager
-def tiled_server(tiled_uri: str | None, data_dir: Path | None, out: TextIO) -> Iterator[Target]:
-    """The given server, or the embedded one started for the duration.
-
-    For a given server, detector files go to the ``external/`` folder of ``data_dir``
-    if that is given and has one (the server's own data folder, on this machine).
-    """
-    from smartlab_plugins.server import EmbeddedServer, free_port, storage_paths
-
-    uri = tiled_uri or settings.tiled_uri()
-    if uri:
-        external = storage_paths(Path(data_dir))["external"] if data_dir else None
-        yield Target(
-            uri,
-            settings.api_key(data_dir),
-            external_dir=external if external and external.is_dir() else None,
-        )
-        return
-
-    port = settings.DEFAULT_PORT if _port_is_free(settings.DEFAULT_PORT) else free_port()
-    server = EmbeddedServer(data_dir, port=port)
-    with _step(out, f"Starting the embedded Tiled server (data in {server.data_dir})", "up"):
-        server.start()
-    try:
-        yield Target(server.uri, server.api_key, server.data_dir, server.external_dir)
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def _step(out: TextIO, doing: str, done: str = "done") -> Iterator[None]:
-    """Say what the demo waits for, then how long it took: no wait of several seconds is silent."""
-    print(f"{doing} ...", end=" ", file=out, flush=True)
-    started = time.monotonic()
-    yield
-    print(f"{done} in {time.monotonic() - started:.1f} s", file=out, flush=True)
-
-
 def run_demo(
     tiled_uri: str | None = None,
     data_dir: Path | None = None,
@@ -107,7 +56,7 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     """Run the demo scan, print the results; return them as data (for tests)."""
-    with _step(out, "Loading bluesky, tiled and the simulated instruments"):
+    with step(out, "Loading bluesky, tiled and the simulated instruments"):
         import bluesky.plans as bp
         from bluesky import RunEngine
         from tiled.client import from_uri
@@ -120,7 +69,7 @@ def run_demo(
     with tiled_server(tiled_uri, data_dir, out) as target:
         devices = make_devices(seed=1)
         RE = RunEngine()
-        with _step(out, "Starting SmartLab's worker process, which loads the plugins' models"):
+        with step(out, "Starting SmartLab's worker process, which loads the plugins' models"):
             smartlab = SmartLab(target.uri, target.api_key)
         with smartlab:
             RE.subscribe(smartlab)
@@ -130,7 +79,7 @@ def run_demo(
             (run_uid,) = RE(bp.scan([devices["beam"]], devices["steer"], -4, 4, points))
             client = from_uri(target.uri, api_key=target.api_key)
             instrument_runs = _instrument_scans(RE, out, client, smartlab, target.external_dir)
-            with _step(out, "Waiting for the last analyses to reach Tiled"):
+            with step(out, "Waiting for the last analyses to reach Tiled"):
                 smartlab.close()
         (analysis,) = find_analyses(client, run_uid=run_uid, plugin="peak_stats")
         table = read_events(analysis)
@@ -470,11 +419,3 @@ def _with_mask_agreement(client: Any, uid: str, analysis: Any, table: Any) -> An
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _port_is_free(port: int) -> bool:
-    try:
-        with socket.create_connection((settings.DEFAULT_HOST, port), timeout=0.2):
-            return False
-    except OSError:
-        return True

@@ -1,6 +1,6 @@
 """The in-loop half of ``smartlab demo adaptive``: three adaptive plans on small budgets.
 
-Starts the embedded Tiled server (unless one is given, as :mod:`smartlab_plugins.demo`
+Starts the embedded Tiled server (unless one is given, as :mod:`smartlab_demos.live`
 does), subscribes SmartLab with ``transition_lstm``, ``phase_cnn`` and
 ``spinwave_cnn``, and runs :func:`~smartlab_plugins.adaptive.plans.adaptive_ramp`,
 :func:`~smartlab_plugins.adaptive.plans.adaptive_map` and
@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+from smartlab_demos.target import tiled_server
 
 QUERY_SNIPPET = """\
 import json, os
@@ -46,7 +48,6 @@ def run_in_loop_demo(
     from smartlab_plugins import SmartLab
     from smartlab_plugins.adaptive.feed import ResultsFeed
     from smartlab_plugins.adaptive.plans import adaptive_map, adaptive_ramp, count_until_precise
-    from smartlab_plugins.demo import tiled_server
     from smartlab_plugins.devices import ins, mpb, operando
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

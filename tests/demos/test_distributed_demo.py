@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from smartlab_plugins.transport.demo import run_distributed_demo
+from smartlab_demos.distributed import run_distributed_demo
 
 
 def test_the_distributed_demo_spreads_runs_over_two_workers_with_in_process_results(

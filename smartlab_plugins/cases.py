@@ -1,38 +1,63 @@
-"""``smartlab simulate``: labelled data sets from the instruments' generators, to a file.
+"""The simulated instruments' labelled data sets ("cases"), by name, and how they are made.
+
+:data:`CASES` is the one table of them: for each case, the device module whose
+physics generates it and the model trained on it. ``smartlab simulate`` writes
+a case to a file; training, fine-tuning, evaluation and the benchmarks make
+them in memory with :func:`simulate_case`.
 
 A set of ``n`` samples is made in chunks so that a progress bar can follow it:
 with ``n <= chunk`` it is exactly ``simulate(n, seed)`` of the instrument's
 module; otherwise chunk ``i`` is generated with the ``i``-th seed spawned from
 ``numpy.random.SeedSequence(seed)``. Either way the set is determined by
 ``(case, n, seed, chunk)``, which are stored with the generator's config in
-the file's attributes.
+the set's ``config``.
+
+The module imports no numpy at import time, so that the command line can list
+the cases at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from pathlib import Path
-from typing import Any
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.settings import ConfigurationError
 
-CASES = {
-    "ins": "smartlab_plugins.devices.ins",
-    "mpb": "smartlab_plugins.devices.mpb",
-    "operando": "smartlab_plugins.devices.operando",
-    "microscopy": "smartlab_plugins.devices.microscopy",
-}
-CONFIGS = {
-    "ins": "SpinWaveConfig",
-    "mpb": "MPBConfig",
-    "operando": "OperandoConfig",
-    "microscopy": "MicroscopyConfig",
+if TYPE_CHECKING:
+    from smartlab_plugins.devices.dataset import SimulatedSet
+
+
+@dataclass(frozen=True)
+class Case:
+    """Where one case's samples come from, and which model learns from them."""
+
+    #: the instrument's module: ``simulate(n, seed, config)``, ``make_devices()``, the config
+    device: str
+    #: the generator config class in :attr:`device` (a dataclass of the instrument's settings)
+    config: str
+    #: the model trained on this case: a name of :data:`smartlab_plugins.models.registry.TASKS`
+    task: str
+
+
+CASES: dict[str, Case] = {
+    "ins": Case("smartlab_plugins.devices.ins", "SpinWaveConfig", "spinwave_cnn"),
+    "mpb": Case("smartlab_plugins.devices.mpb", "MPBConfig", "phase_cnn"),
+    "operando": Case("smartlab_plugins.devices.operando", "OperandoConfig", "transition_lstm"),
+    "microscopy": Case(
+        "smartlab_plugins.devices.microscopy", "MicroscopyConfig", "micrograph_unet"
+    ),
 }
 DEFAULT_CHUNK = 1000
+
+
+def _case(name: str) -> Case:
+    """The table's entry for ``name``, or a KeyError naming the cases there are."""
+    if name not in CASES:
+        raise KeyError(f"unknown case {name!r}; choose one of {', '.join(CASES)}")
+    return CASES[name]
 
 
 def simulate_case(
@@ -47,11 +72,15 @@ def simulate_case(
 
     ``config`` is the instrument's generator config (its module's default if None).
     """
-    if case not in CASES:
-        raise KeyError(f"unknown case {case!r}; choose one of {', '.join(CASES)}")
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from smartlab_plugins.devices.dataset import SimulatedSet
+
+    entry = _case(case)
     if n < 1 or chunk < 1:
         raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
-    generator = importlib.import_module(CASES[case]).simulate
+    generator = importlib.import_module(entry.device).simulate
     sizes = [min(chunk, n - start) for start in range(0, n, chunk)]
     if len(sizes) == 1:
         seeds = [seed]
@@ -76,29 +105,16 @@ def simulate_case(
     )
 
 
-def write_case(
-    case: str,
-    n: int,
-    out: Path,
-    seed: int = 0,
-    chunk: int = DEFAULT_CHUNK,
-    overrides: dict[str, str] | None = None,
-) -> Path:
-    """Simulate (with config ``overrides``, e.g. a shifted instrument) and save to HDF5."""
-    config = configured(case, overrides or {})
-    return simulate_case(case, n, seed=seed, chunk=chunk, config=config).save(out)
-
-
 def configured(case: str, overrides: dict[str, str]) -> Any:
     """The instrument's default generator config with ``overrides`` (text values) applied.
 
-    Raises :class:`ConfigurationError` naming the valid settings for an unknown
-    one, and the expected type for a value that does not parse.
+    Text, because the values come from ``smartlab simulate --set KEY=VALUE``: a
+    number or word is converted to the setting's type, a sequence is read as
+    JSON. Raises :class:`ConfigurationError` naming the valid settings for an
+    unknown one, and the expected type for a value that does not parse.
     """
-    import dataclasses
-    import json
-
-    config_type = getattr(importlib.import_module(CASES[case]), CONFIGS[case])
+    entry = _case(case)
+    config_type = getattr(importlib.import_module(entry.device), entry.config)
     defaults = config_type()
     changes = {}
     for key, text in overrides.items():

@@ -1,16 +1,18 @@
-"""`smartlab simulate`: labelled sets on disk, with their seed and config, reproducible."""
+"""The cases: one table of the simulated data sets, made reproducibly, on disk with
+`smartlab simulate` (with their seed and config) or in memory."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from smartlab_plugins.cases import CASES, configured, simulate_case
 from smartlab_plugins.devices import ins, operando
 from smartlab_plugins.devices.dataset import SimulatedSet
-from smartlab_plugins.simulate import CASES, simulate_case
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -76,3 +78,14 @@ def test_unknown_case_and_bad_counts_are_refused():
         text=True,
     )
     assert result.returncode == 2 and "must be a positive integer" in result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_case_names_its_instruments_generator_and_the_model_trained_on_it(case):
+    from smartlab_plugins.models.registry import task
+
+    entry = CASES[case]
+    device = importlib.import_module(entry.device)
+    assert callable(device.simulate) and callable(device.make_devices)
+    assert configured(case, {}) == getattr(device, entry.config)()
+    assert task(entry.task).case == case  # the model's task reads the same case
