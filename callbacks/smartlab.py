@@ -1,10 +1,10 @@
 """``SmartLab``: the callback a RunEngine subscribes.
 
-On the RunEngine thread it does O(1) work per document: it appends the
-document to a bounded deque and returns. A feeder thread ships what has
-accumulated to the analysis worker (a child process by default) every few
-milliseconds, so the worker sees larger batches exactly when the scan is
-fast.
+It is a :class:`~smartlab_plugins.front_door.FrontDoor` whose courier is the
+analysis worker (a child process by default): on the RunEngine thread it does
+O(1) work per document, and a sender thread ships what has accumulated to the
+worker every few milliseconds, so the worker sees larger batches exactly when
+the scan is fast.
 
 When analysis falls behind and the deque is full, the ``backpressure``
 policy decides:
@@ -25,33 +25,91 @@ policy decides:
 
 from __future__ import annotations
 
-import atexit
 import logging
 import pickle
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from smartlab_plugins import protocol, settings
 from smartlab_plugins.connection import connect
+from smartlab_plugins.front_door import LINGER_S, MAX_PENDING, Doc, FrontDoor
 from smartlab_plugins.manager import PluginManager, plugin_reference
-from smartlab_plugins.protocol import Shipment, WorkerConfig
-from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerError
-from smartlab_plugins.spool import DiskQueue
+from smartlab_plugins.protocol import Limits, Shipment, WorkerConfig
+from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerError, WorkerHost
 
 logger = logging.getLogger(__name__)
 
-#: Documents that are never dropped: losing one would lose a whole run or stream.
-ESSENTIAL = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
 ISOLATIONS = {"process": ProcessHost, "thread": ThreadHost}
-BACKPRESSURE = ("spill", "drop")
 
 
-class SmartLab:
+class WorkerCourier:
+    """The front door's courier to SmartLab's worker: one :class:`Shipment` per round."""
+
+    label = "SmartLab's worker"
+
+    def __init__(self, host: WorkerHost) -> None:
+        self.host = host
+        self.refused = 0
+
+    def prepare(self, docs: list[Doc], dropped: dict[str, int]) -> list[Shipment]:
+        """One shipment of ``docs``, with the events dropped so far per run."""
+        return [Shipment(docs, dropped=dropped)] if docs else []
+
+    def send(self, items: list[Shipment]) -> None:
+        """Ship to the worker (blocks while it is busy reading: its pipe is bounded).
+
+        A document pickle refuses (a lambda in it, metadata nested too deep) costs
+        only itself, named in the log and counted in :attr:`refused`; a start
+        document that cannot go costs its run, whose later documents the worker
+        then refuses as belonging to no run it knows.
+        """
+        for shipment in items:
+            try:
+                self.host.ship(shipment)
+            except (WorkerError, OSError, EOFError):
+                raise
+            except Exception:  # pickling failed before anything was written
+                self.host.ship(Shipment(self._picklable(shipment.docs), shipment.dropped))
+
+    def _picklable(self, docs: list[Doc]) -> list[Doc]:
+        sendable = []
+        for name, doc in docs:
+            try:
+                pickle.dumps((name, doc))
+                sendable.append((name, doc))
+            except Exception as exc:
+                self.refused += 1
+                logger.error(
+                    "SmartLab could not send a %r document%s to its worker: %s: %s; %s",
+                    name,
+                    _of_run(name, doc),
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    "its run is not analysed" if name == "start" else "it is not analysed",
+                )
+        return sendable
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the worker has analysed and published all it was sent."""
+        return bool(self.host.request(protocol.Flush(timeout), timeout=timeout + 10))
+
+    def finish(self, timeout: float) -> bool:
+        """Let the worker finish publishing and stop; False, said, if it did not in time."""
+        try:
+            return self.host.close(timeout)
+        except WorkerError as exc:
+            logger.error(
+                "SmartLab's worker did not finish within %.0f s (%s); it was stopped. Results "
+                "it had not yet published wait in its journal and are published by the next "
+                "SmartLab session on the same spool folder",
+                timeout,
+                exc,
+            )
+            return False
+
+
+class SmartLab(FrontDoor):
     """Live analysis of a RunEngine's documents, published to Tiled.
 
     ``RE.subscribe(SmartLab())`` is the whole set-up in a session: with no
@@ -118,14 +176,14 @@ class SmartLab:
         plugins: Iterable[str] | None = None,
         raw: bool = True,
         isolation: str = "process",
-        max_pending: int = 10_000,
-        backpressure: str = "spill",
-        max_batch: int = 256,
-        max_failures: int = 3,
-        plugin_timeout: float = 30.0,
-        max_growth_mb: float = 2048.0,
-        lane_capacity: int = 64,
-        linger: float = 0.02,
+        max_pending: int = MAX_PENDING,
+        backpressure: str = Limits.backpressure,
+        max_batch: int = Limits.max_batch,
+        max_failures: int = Limits.max_failures,
+        plugin_timeout: float = Limits.plugin_timeout,
+        max_growth_mb: float = Limits.max_growth_mb,
+        lane_capacity: int = Limits.lane_capacity,
+        linger: float = LINGER_S,
         spool_dir: str | Path | None = None,
         compute: str | None = None,
         data_roots: Iterable[str | Path] | None = None,
@@ -133,8 +191,14 @@ class SmartLab:
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {sorted(ISOLATIONS)}, got {isolation!r}")
-        if backpressure not in BACKPRESSURE:
-            raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
+        limits = Limits(
+            max_batch=max_batch,
+            max_failures=max_failures,
+            plugin_timeout=plugin_timeout,
+            max_growth_mb=max_growth_mb,
+            lane_capacity=lane_capacity,
+            backpressure=backpressure,
+        )
         self.tiled_uri = tiled_uri or settings.tiled_uri()
         api_key = api_key or settings.api_key()
         connect(self.tiled_uri, api_key)
@@ -145,12 +209,7 @@ class SmartLab:
             api_key=api_key,
             enabled=enabled,
             raw=raw,
-            max_batch=max_batch,
-            max_failures=max_failures,
-            plugin_timeout=plugin_timeout,
-            max_growth_mb=max_growth_mb,
-            lane_capacity=lane_capacity,
-            backpressure=backpressure,
+            limits=limits,
             log_level=logging.getLogger("smartlab_plugins").getEffectiveLevel(),
             spool_dir=str(spool_dir or settings.spool_dir()),
             compute=compute or settings.compute(),
@@ -161,178 +220,16 @@ class SmartLab:
             ),
             max_event_bytes=max_event_bytes,
         )
-        self._spill_dir = Path(config.spool_dir)
-        self._backpressure = backpressure
-        self._spill: DiskQueue | None = None
-        self._spill_lock = threading.Lock()
-        self._spilling = False
-        self.spilled_total = 0
         self._host = ISOLATIONS[isolation](config)
-        self._max_pending = max_pending
-        self._linger = linger
-        self._pending: deque[tuple[Any, Any]] = deque()
-        self._wake = threading.Event()
-        self._shipped_cond = threading.Condition()
-        self._accepted = 0
-        self._shipped = 0
-        self._run_of: dict[Any, Any] = {}
-        self._dropped: dict[Any, int] = {}
-        self.dropped_total = 0
-        self.unsendable = 0
-        self._closing = False
-        self._closed = False
-        self._feeder = threading.Thread(target=self._feed, name="smartlab-feeder", daemon=True)
-        self._feeder.start()
-        atexit.register(self.close)
-
-    # -- the RunEngine side: O(1), never raises ------------------------------
-
-    def __call__(self, name: Any, doc: Any) -> None:
-        """Take a document from the RunEngine (or anywhere); never raises."""
-        try:
-            if self._closed:
-                return
-            essential = isinstance(name, str) and name in ESSENTIAL
-            if self._spilling or (len(self._pending) >= self._max_pending and not essential):
-                if self._backpressure == "drop":
-                    self._drop(doc)
-                    return
-                self._to_disk(name, doc)
-            else:
-                self._pending.append((name, doc))
-            if essential:
-                self._note_essential(name, doc)
-            self._accepted += 1
-            if not self._wake.is_set():
-                self._wake.set()
-        except Exception:  # an unhashable name or similar: the worker reports documents, not us
-            self.unsendable += 1
-
-    def _note_essential(self, name: str, doc: Any) -> None:
-        try:
-            if name in ("descriptor", "resource"):
-                self._run_of[doc["uid"]] = doc["run_start"]
-            elif name == "stop":
-                run = doc["run_start"]
-                for key in [k for k, v in self._run_of.items() if v == run]:
-                    del self._run_of[key]
-                if self._dropped.get(run):
-                    logger.warning(
-                        "SmartLab could not keep up: %d event(s) of run %s were not analysed "
-                        "(more than max_pending=%d documents waiting)",
-                        self._dropped[run],
-                        str(run)[:8],
-                        self._max_pending,
-                    )
-        except Exception:  # malformed: the worker will say what is wrong with it
-            pass
-
-    def _to_disk(self, name: str, doc: Any) -> None:
-        """Queue a document on disk behind those in memory (order is kept: once one
-        document is on disk, all are, until the feeder has caught up)."""
-        with self._spill_lock:
-            if self._spill is None:
-                self._spill = DiskQueue(self._spill_dir)
-            if not self._spilling:
-                self._spilling = True
-                logger.warning(
-                    "SmartLab analysis is behind (%d documents waiting): further documents "
-                    "wait on local disk, none is dropped",
-                    len(self._pending),
-                )
-            self._spill.put((name, doc))
-            self.spilled_total += 1
-
-    def _from_disk(self) -> list[tuple[Any, Any]]:
-        """The oldest documents waiting on disk (call with memory drained)."""
-        with self._spill_lock:
-            if not self._spilling:
-                return []
-            docs = self._spill.take(self._max_pending)
-            if not len(self._spill):
-                self._spilling = False
-                logger.info("SmartLab analysis has caught up: no document waits on disk")
-            return docs
-
-    def _drop(self, doc: Any) -> None:
-        self.dropped_total += 1
-        try:
-            run = self._run_of.get(doc.get("descriptor") or doc.get("resource"))
-        except Exception:  # malformed: counted against no run
-            run = None
-        self._dropped[run] = self._dropped.get(run, 0) + 1
-
-    # -- the feeder thread --------------------------------------------------
-
-    def _feed(self) -> None:
-        """The feeder thread: ship what waits, for as long as the session lasts.
-
-        It never dies: whatever one round of documents raises is logged, the
-        documents are counted as unsendable, and the next round goes on.
-        """
-        while True:
-            if not self._spilling:  # documents on disk: no need to wait for a new one
-                self._wake.wait()
-            if self._linger and not self._closing:
-                time.sleep(self._linger)
-            self._wake.clear()
-            docs: list[tuple[Any, Any]] = []
-            try:
-                docs = [self._pending.popleft() for _ in range(len(self._pending))]
-                if not docs and self._spilling:
-                    docs = self._from_disk()
-                if docs:
-                    self._ship(docs)
-            except Exception as exc:
-                self.unsendable += len(docs)
-                logger.error(
-                    "SmartLab could not send %d document(s) to its worker (%s: %s); the "
-                    "session goes on",
-                    len(docs),
-                    type(exc).__name__,
-                    exc,
-                )
-            with self._shipped_cond:
-                self._shipped += len(docs)
-                self._shipped_cond.notify_all()
-            if self._closing and not self._pending and not self._spilling:
-                return
-
-    def _ship(self, docs: list[tuple[Any, Any]]) -> None:
-        shipment = Shipment(docs, dropped={k: v for k, v in self._dropped.copy().items() if k})
-        try:
-            self._host.ship(shipment)
-        except (WorkerError, OSError, EOFError) as exc:
-            self.unsendable += len(docs)
-            logger.error("SmartLab could not send %d document(s) to its worker: %s", len(docs), exc)
-        except Exception:  # a document pickle refuses: a lambda in it, metadata nested too deep
-            self._ship_one_by_one(shipment)
-
-    def _ship_one_by_one(self, shipment: Shipment) -> None:
-        sendable = []
-        for name, doc in shipment.docs:
-            try:
-                pickle.dumps((name, doc))
-                sendable.append((name, doc))
-            except Exception as exc:
-                self.unsendable += 1
-                logger.error(
-                    "SmartLab could not send a %r document%s to its worker: %s: %s; %s",
-                    name,
-                    _of_run(name, doc),
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    "its run is not analysed" if name == "start" else "it is not analysed",
-                )
-        if sendable:
-            self._host.ship(Shipment(sendable, shipment.dropped))
+        super().__init__(
+            WorkerCourier(self._host),
+            max_pending=max_pending,
+            backpressure=backpressure,
+            linger=linger,
+            spool_dir=config.spool_dir,
+        )
 
     # -- the user's side ----------------------------------------------------
-
-    @property
-    def in_memory(self) -> int:
-        """Documents waiting for the worker in memory now (at most ``max_pending`` events)."""
-        return len(self._pending)
 
     @property
     def enabled(self) -> list[str]:
@@ -377,31 +274,10 @@ class SmartLab:
             entry["inputs"] |= getattr(view, "wants_inputs", False)
         self._host.request(protocol.SetLive(wanted))
 
-    def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until every document taken so far is analysed and published."""
-        target = self._accepted
-        self._wake.set()
-        deadline = time.monotonic() + timeout
-        with self._shipped_cond:
-            while self._shipped < target:
-                if not self._shipped_cond.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    return False
-        return bool(
-            self._host.request(
-                protocol.Flush(max(0.1, deadline - time.monotonic())), timeout=timeout + 10
-            )
-        )
-
     def status(self) -> dict[str, Any]:
         """Queue depth, counts and the worker's state, for a quick look."""
-        status: dict[str, Any] = {
-            "pending": len(self._pending),
-            "accepted": self._accepted,
-            "shipped": self._shipped,
-            "dropped": self.dropped_total,
-            "spilled": self.spilled_total,
-            "on_disk": len(self._spill) if self._spill is not None else 0,
-            "unsendable": self.unsendable,
+        status = self.door_status()
+        status |= {
             "worker_alive": self._host.alive,
             "worker_pid": getattr(self._host, "pid", None),  # None when the worker is a thread
             "runs_finished": len(self._host.summaries),
@@ -417,36 +293,6 @@ class SmartLab:
     def run_summaries(self) -> list[dict[str, Any]]:
         """One summary per finished run: events analysed, errors, drops, per plugin."""
         return list(self._host.summaries)
-
-    def close(self, timeout: float = 60.0) -> bool:
-        """Ship what is pending, let the worker finish writing, and stop it."""
-        if self._closed:
-            return True
-        self._closing = True
-        self._wake.set()
-        self._feeder.join(timeout)
-        self._closed = True
-        if self._spill is not None:
-            with self._spill_lock:
-                if len(self._spill):
-                    logger.error(
-                        "SmartLab closed with %d document(s) still waiting on disk: not analysed",
-                        len(self._spill),
-                    )
-                self._spill.close()
-        atexit.unregister(self.close)
-        return self._host.close(timeout)
-
-    def __enter__(self) -> SmartLab:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _of_run(name: Any, doc: Any) -> str:

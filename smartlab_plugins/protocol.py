@@ -17,6 +17,38 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+#: What happens when the far side cannot keep up: documents or batches wait, or are dropped.
+BACKPRESSURE = ("spill", "drop")
+
+
+def check_backpressure(backpressure: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``backpressure`` is one of them."""
+    if backpressure not in BACKPRESSURE:
+        raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the worker takes on at once, and when it gives a plugin up.
+
+    The one place of each default: ``SmartLab(...)``, the worker and its
+    supervisor take theirs from here (see ``SmartLab`` for what each means).
+    """
+
+    max_batch: int = 256
+    max_failures: int = 3
+    plugin_timeout: float = 30.0
+    lane_capacity: int = 64
+    max_growth_mb: float = 2048.0
+    backpressure: str = "spill"
+
+    def __post_init__(self) -> None:
+        check_backpressure(self.backpressure)
+        for name in ("max_batch", "max_failures", "plugin_timeout", "lane_capacity"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0, got {getattr(self, name)!r}")
+
+
 # -- parent to worker ---------------------------------------------------------
 
 
@@ -29,12 +61,7 @@ class WorkerConfig:
     enabled: list[str] | None = None
     registered: list[object] = field(default_factory=list)
     raw: bool = True
-    max_batch: int = 256
-    max_failures: int = 3
-    plugin_timeout: float = 30.0
-    lane_capacity: int = 64
-    max_growth_mb: float = 2048.0
-    backpressure: str = "spill"
+    limits: Limits = field(default_factory=Limits)
     nice: int = 5
     log_level: int = logging.INFO
     mode: str = "live"

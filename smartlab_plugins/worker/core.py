@@ -27,7 +27,7 @@ from smartlab_plugins.assembly.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.hookspecs import EventBatch, RunContext
 from smartlab_plugins.manager import PluginManager
-from smartlab_plugins.protocol import Shipment
+from smartlab_plugins.protocol import Limits, Shipment
 from smartlab_plugins.publish import Publisher, RawRunWriter
 from smartlab_plugins.worker import records, selection, validation
 from smartlab_plugins.worker.records import Analysis, Recorder, RunState
@@ -50,15 +50,10 @@ class Worker:
         plugins: PluginManager,
         publisher: Publisher,
         enabled: Iterable[str] | None = None,
-        max_batch: int = 256,
-        max_failures: int = 3,
+        limits: Limits = Limits(),  # noqa: B008 (frozen)
         mode: str = "live",
         annotations: Mapping[str, Any] | None = None,
         on_normalized: Callable[[str, Mapping[str, Any]], None] | None = None,
-        plugin_timeout: float = 30.0,
-        lane_capacity: int = 64,
-        max_growth_mb: float = 2048.0,
-        backpressure: str = "spill",
         compute: DaskEngine | None = None,
         policy: ReadPolicy | None = None,
         raw: RawRunWriter | None = None,
@@ -71,17 +66,15 @@ class Worker:
         self.enabled: list[str] = (
             plugins.resolve(enabled) if enabled is not None else plugins.names()
         )
-        self.recorder = Recorder(publisher, max_failures)
-        self.supervisor = Supervisor(
-            self.recorder, plugin_timeout, lane_capacity, max_growth_mb, backpressure
-        )
+        self.recorder = Recorder(publisher, limits.max_failures)
+        self.supervisor = Supervisor(self.recorder, limits)
         #: Where stateless plugins' batches are analysed; None: here, on their lanes.
         self.compute = compute
         self.mode = mode
         self.annotations = dict(annotations or {})
         self.raw = raw
         self._assembler = BatchAssembler(
-            self, max_batch=max_batch, on_normalized=on_normalized, policy=policy
+            self, max_batch=limits.max_batch, on_normalized=on_normalized, policy=policy
         )
         self._runs: dict[str, RunState] = {}
         self._dropped: dict[str, int] = {}

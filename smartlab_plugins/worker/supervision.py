@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from smartlab_plugins.assembly.batching import short_uid
 from smartlab_plugins.hookspecs import EventBatch
 from smartlab_plugins.lanes import Lane
+from smartlab_plugins.protocol import Limits
 from smartlab_plugins.worker.records import Analysis, Recorder, RunState
 
 if TYPE_CHECKING:
@@ -37,27 +38,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BACKPRESSURE = ("spill", "drop")
-
 
 class Supervisor:
     """Lanes of the analyses, and what happens to a plugin too slow, hung or leaking."""
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        plugin_timeout: float = 30.0,
-        lane_capacity: int = 64,
-        max_growth_mb: float = 2048.0,
-        backpressure: str = "spill",
-    ) -> None:
-        if backpressure not in BACKPRESSURE:
-            raise ValueError(f"backpressure must be one of {BACKPRESSURE}, got {backpressure!r}")
+    def __init__(self, recorder: Recorder, limits: Limits = Limits()) -> None:  # noqa: B008 (frozen)
         self.recorder = recorder
-        self.plugin_timeout = plugin_timeout
-        self.lane_capacity = lane_capacity
-        self.max_growth_mb = max_growth_mb
-        self.backpressure = backpressure
+        self.plugin_timeout = limits.plugin_timeout
+        self.lane_capacity = limits.lane_capacity
+        self.max_growth_mb = limits.max_growth_mb
+        self.backpressure = limits.backpressure
 
     def open_lane(self, analysis: Analysis, start: Callable[[], None]) -> None:
         """Give the analysis its lane, with ``start`` (the plugin's set-up) first on it."""

@@ -34,12 +34,13 @@ import pytest
 from bluesky import RunEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_publisher import MemoryPublisher
 from ophyd.sim import det, det1
 
 from smartlab_plugins.assembly.batching import BatchAssembler, DocumentProblem, RawBatch
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.manager import PluginManager
-from smartlab_plugins.protocol import Shipment
+from smartlab_plugins.protocol import Limits, Shipment
 from smartlab_plugins.results import find_analyses, read_errors, read_events
 from smartlab_plugins.worker import Worker
 
@@ -747,37 +748,6 @@ def test_runs_whose_stop_never_comes_are_closed_when_too_many_are_open() -> None
 # -- A2: the real worker, with a publisher that keeps what it is given ----------------
 
 
-class MemoryPublisher:
-    """The Publisher's interface, in memory: what the worker would write to Tiled."""
-
-    def __init__(self) -> None:
-        self.analyses: dict[str, dict[str, Any]] = {}
-        self.errors: dict[str, list[Any]] = {}
-        self.rows: dict[str, int] = {}
-
-    def open_analysis(self, metadata: dict[str, Any]) -> str:
-        key = str(uuid.uuid4())
-        self.analyses[key] = dict(metadata)
-        self.errors[key] = []
-        self.rows[key] = 0
-        return key
-
-    def append(self, key: str, stream: str, seq_num: np.ndarray, time: Any, results: Any) -> None:
-        self.rows[key] += len(seq_num)
-
-    def record_errors(self, key: str, records: list[Any]) -> None:
-        self.errors[key].extend(records)
-
-    def close_analysis(self, key: str, metadata: dict[str, Any]) -> None:
-        self.analyses[key].update(metadata)
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def of_run(self, run_uid: str) -> list[str]:
-        return [k for k, m in self.analyses.items() if m["run_uid"] == run_uid]
-
-
 class ErrorLog(logging.Handler):
     """Collects the messages of error records; keeps them out of pytest's log capture."""
 
@@ -826,7 +796,7 @@ def test_worker_survives_hostile_streams_and_analyses_the_valid_runs(
     @given(stream=streams(huge=False), sizes=st.randoms(use_true_random=False))
     def prop(stream: Stream, sizes: random.Random) -> None:
         publisher = MemoryPublisher()
-        worker = Worker(plugins, publisher, enabled=["peak_stats"], max_batch=4)
+        worker = Worker(plugins, publisher, enabled=["peak_stats"], limits=Limits(max_batch=4))
         error_log.messages.clear()
         for docs in shipments(stream, sizes.randint):
             worker.process(Shipment(docs))

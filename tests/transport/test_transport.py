@@ -187,7 +187,7 @@ def test_a_broker_restarted_mid_scan_loses_nothing(
             successor.stop()
 
     assert scan_s < 40 * 0.15 * 1.5, f"the scan took {scan_s:.1f} s"
-    assert status["buffered"] > 0 and status["unsendable"] == 0
+    assert status["kept_while_away"] > 0 and status["unsendable"] == 0
     assert "lost the broker" in caplog.text and "is back" in caplog.text
     assert_every_event_once(analysis, 40)
     assert "lost the broker" in worker.log
