@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import bluesky.plans as bp
 import pytest
+from sample_plugins import Hangs
 
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.results import find_analyses, read_events
@@ -51,3 +53,27 @@ def test_metadata_nested_too_deep_costs_its_run_only(RE, make_smartlab, client, 
     assert read_events(analysis)["seq_num"].tolist() == [1, 2, 3]
     assert analysis.metadata["status"] == "complete"
     assert not find_analyses(client, run_uid=bad_uid)
+
+
+def test_close_that_runs_out_of_time_returns_false_and_says_what_is_pending(
+    RE, make_smartlab, caplog
+):
+    """A worker still busy when ``close(timeout)`` ends (here: a plugin hung at the end of a
+    run, within a long plugin_timeout) used to make close raise ``WorkerError: ... did not
+    answer 'close'``; now it returns False and the log says what happened."""
+    hangs = Hangs(at=1)
+    smartlab = make_smartlab(plugins=[], plugin_timeout=120, raw=False)
+    smartlab.register(hangs)
+    smartlab.enable("hangs")
+    RE.subscribe(smartlab)
+    try:
+        RE(bp.count([make_devices(seed=3)["beam"]], 2))
+        with caplog.at_level(logging.ERROR):
+            started = time.monotonic()
+            assert smartlab.close(timeout=2) is False
+            took = time.monotonic() - started
+    finally:
+        hangs.release.set()
+    assert took < 2 + 10 + 10 + 5  # its own time, the request's grace, the worker's join
+    assert "SmartLab's worker did not finish within 2 s" in caplog.text
+    assert "journal" in caplog.text  # where what was not published waits
