@@ -67,7 +67,7 @@ class Recorder:
     A plugin is disabled for the run after ``max_failures`` failures.
     """
 
-    def __init__(self, publisher: Publisher, max_failures: int = 3) -> None:
+    def __init__(self, publisher: Publisher, max_failures: int) -> None:
         self.publisher = publisher
         self.max_failures = max_failures
 
@@ -125,18 +125,8 @@ class Recorder:
             type(exc).__name__,
             exc,
         )
-        self._publish(
-            analysis,
-            ErrorRecord(
-                plugin=analysis.plugin,
-                stage=stage,
-                stream=stream,
-                seq_num=seq_num,
-                error=type(exc).__name__,
-                message=str(exc),
-                traceback=traceback_summary(exc),
-            ),
-        )
+        error, summary = type(exc).__name__, traceback_summary(exc)
+        self.record(run, analysis, stage, str(exc), stream, seq_num, error, summary)
         if analysis.failures >= self.max_failures and not analysis.disabled:
             analysis.disabled = True
             message = f"disabled for this run after {analysis.failures} failures"
