@@ -16,8 +16,10 @@ from tiled_keys import API_KEY
 
 from smartlab_plugins.devices.beam import make_devices
 from smartlab_plugins.hookspecs import Results
-from smartlab_plugins.publish import ANALYSIS_SPEC, Backoff, Publisher
+from smartlab_plugins.layout import ANALYSIS_SPEC
+from smartlab_plugins.publish import Publisher
 from smartlab_plugins.results import EventFollower, find_analyses, read_events
+from smartlab_plugins.retry import Backoff
 
 READER = Path(__file__).with_name("live_reader.py")
 

@@ -9,32 +9,7 @@ Modules, one job each:
 - :mod:`smartlab_plugins.retry` (beside it): the one retry policy of every network call
 """
 
-from smartlab_plugins.layout import (
-    ANALYSIS_SPEC,
-    ERRORS_KEY,
-    EVENTS_KEY,
-    ROOT_KEY,
-    RUN_LINKS_KEY,
-    STREAM_SPEC,
-    ErrorRecord,
-    json_clean,
-)
 from smartlab_plugins.publish.raw import RawRunWriter
 from smartlab_plugins.publish.results_writer import Publisher, Write
-from smartlab_plugins.retry import Backoff, is_transient
 
-__all__ = [
-    "ANALYSIS_SPEC",
-    "ERRORS_KEY",
-    "EVENTS_KEY",
-    "ROOT_KEY",
-    "RUN_LINKS_KEY",
-    "STREAM_SPEC",
-    "Backoff",
-    "ErrorRecord",
-    "Publisher",
-    "RawRunWriter",
-    "Write",
-    "is_transient",
-    "json_clean",
-]
+__all__ = ["Publisher", "RawRunWriter", "Write"]

@@ -15,7 +15,8 @@ import numpy as np
 from smartlab_plugins.assembly.batching import DocumentProblem, short_uid
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext
 from smartlab_plugins.lanes import Lane, format_frames
-from smartlab_plugins.publish import ErrorRecord, Publisher
+from smartlab_plugins.layout import ErrorRecord
+from smartlab_plugins.publish import Publisher
 
 logger = logging.getLogger(__name__)
 
