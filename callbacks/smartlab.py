@@ -149,7 +149,8 @@ class SmartLab(FrontDoor):
         Batches that may wait for one plugin; what a plugin too slow to keep up
         cannot take is skipped for it (and recorded), never for the others.
     linger
-        Seconds the feeder waits after the first new document, to ship several together.
+        Shortest time between two shipments to the worker (s): documents that come
+        sooner wait and go together; one after a quiet spell goes at once.
     spool_dir
         Where results wait on local disk while Tiled is unreachable (and survive a
         killed worker); default ``SMARTLAB_SPOOL_DIR``, else ``spool`` in the data folder.

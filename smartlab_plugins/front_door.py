@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 ESSENTIAL = frozenset({"start", "descriptor", "stop", "resource", "stream_resource"})
 #: Documents held in memory before ``backpressure`` applies, by default.
 MAX_PENDING = 10_000
-#: Seconds the feeder waits after the first new document, by default.
+#: Shortest time between two rounds of the feeder (s), by default.
 LINGER_S = 0.02
 #: Longest wait between tries while the far side is away.
 AWAY_RETRY_MAX_S = 5.0
@@ -110,7 +110,9 @@ class FrontDoor:
         ``"spill"``: beyond ``max_pending``, documents wait on local disk, none is
         lost. ``"drop"``: events and datums are dropped and counted.
     linger
-        Seconds the feeder waits after the first new document, to send several together.
+        Shortest time between two rounds (s): documents that come sooner wait and go
+        together, so there are at most ``1 / linger`` rounds a second however fast the
+        scan; a document after a quiet spell goes at once.
     spool_dir
         Where documents wait on local disk (a file per reason, created when needed).
     batch
@@ -224,12 +226,16 @@ class FrontDoor:
     def _feed(self) -> None:
         """The feeder thread: send what waits, for as long as the session lasts."""
         backoff = Backoff(initial=0.1, maximum=AWAY_RETRY_MAX_S, transient=lambda exc: True)
+        last_round = 0.0
         while not self._closed:
             away = self._away_since is not None
             if not self._spilling and not away:  # documents on disk need no wake
                 self._wake.wait()
             if self._linger and not self._closing and not away:
-                time.sleep(self._linger)
+                wait = last_round + self._linger - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            last_round = time.monotonic()
             self._wake.clear()
             docs: list[Doc] = []
             try:

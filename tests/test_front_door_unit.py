@@ -35,6 +35,7 @@ class ListCourier:
         self.away_for = 0  # sends that raise Away before one goes through
         self.fail_next = 0  # sends that raise RuntimeError
         self.finished = True
+        self.rounds = 0
 
     def prepare(self, docs: list[tuple[Any, Any]], dropped: dict[str, int]) -> list[Any]:
         self.dropped_seen = dict(dropped)
@@ -50,6 +51,7 @@ class ListCourier:
             self.away_for -= 1
             raise Away("the far side is not answering")
         self.received.extend(items)
+        self.rounds += 1
 
     def settle(self, timeout: float) -> bool:
         return True
@@ -75,7 +77,8 @@ def door_of(courier: ListCourier, tmp_path: Path):
     doors: list[FrontDoor] = []
 
     def make(**kw: Any) -> FrontDoor:
-        doors.append(FrontDoor(courier, spool_dir=tmp_path / "spool", linger=0.0, **kw))
+        kw.setdefault("linger", 0.0)
+        doors.append(FrontDoor(courier, spool_dir=tmp_path / "spool", **kw))
         return doors[-1]
 
     yield make
@@ -99,6 +102,21 @@ def test_every_document_arrives_once_in_order(door_of, courier) -> None:
     assert door.flush(timeout=10)
     assert courier.received == docs
     assert door.close(timeout=5) is True
+
+
+def test_a_document_after_a_quiet_spell_goes_at_once_and_a_burst_goes_together(
+    door_of, courier
+) -> None:
+    door = door_of(linger=1.0)  # a long linger makes "at once" and "together" plain
+    started = time.monotonic()
+    door("start", {"uid": "r"})
+    while not courier.received and time.monotonic() - started < 5:
+        time.sleep(0.005)
+    assert time.monotonic() - started < 0.5  # not held for the linger
+    for name, doc in events(50)[1:]:
+        door(name, doc)
+    assert door.flush(timeout=10)
+    assert courier.rounds == 2  # the burst waited out the linger and went in one round
 
 
 def test_behind_the_rest_waits_on_disk_in_order_and_none_is_lost(door_of, courier) -> None:
