@@ -180,10 +180,16 @@ class Follower:
     ) -> Any:
         """The child ``key`` (or whose metadata ``match``) of ``container``, once it exists.
 
-        Subscribes to the container's new children first and looks at those
-        there second, so a child made in between is not missed; then looks
-        again at :data:`LOOK_AGAIN_S`, for a child made before the server listened.
+        A child there already is taken at once (one request, no websocket:
+        the analysis' stream and table usually come in one round, so once the
+        analysis is pushed its table is often there). Otherwise subscribes to
+        the container's new children first and looks at those there second, so
+        a child made in between is not missed; then looks again at
+        :data:`LOOK_AGAIN_S`, for a child made before the server listened.
         """
+        found = self._existing_child(container, key, match)
+        if found is not None:
+            return found
         created: dict[str, Any] = {}
         arrived = threading.Event()
 

@@ -177,5 +177,7 @@ def test_a_follower_finds_what_tiled_never_pushed_to_it(own_server: EmbeddedServ
     finally:
         follower.close()
         publisher.close(timeout=30)
-    assert dropped["children"] >= 3 and dropped["rows"] == 1
+    # at least the wait for the analysis (made after the follower first looked) was deaf;
+    # the root, stream and table may be there when looked for, with no subscription
+    assert dropped["children"] >= 1 and dropped["rows"] == 1
     assert received.seq == list(range(1, 9)) and follower.error is None
