@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 START_HINT = (
@@ -38,3 +39,18 @@ def connect(tiled_uri: str | None, api_key: str | None) -> Any:
                 "in its data folder"
             ) from None
         raise
+
+
+def client_factory(tiled_uri: str, api_key: str | None) -> Callable[[], Any]:
+    """A function that makes a new client of ``tiled_uri`` at each call.
+
+    For the worker's writers, which make a client again after an outage; no
+    probe: a worker started before its server waits for it rather than failing.
+    """
+
+    def make_client() -> Any:
+        from tiled.client import from_uri
+
+        return from_uri(tiled_uri, api_key=api_key)
+
+    return make_client

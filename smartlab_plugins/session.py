@@ -34,9 +34,9 @@ def start_session(tiled_uri: str | None = None, api_key: str | None = None) -> d
     from bluesky.callbacks.best_effort import BestEffortCallback
     from bluesky.utils import PersistentDict
     from ophyd.sim import det, motor
-    from tiled.client import from_uri
 
     from smartlab_plugins import SmartLab
+    from smartlab_plugins.connection import connect
     from smartlab_plugins.devices.beam import make_devices
     from smartlab_plugins.results import find_analyses, read_events
 
@@ -60,7 +60,7 @@ def start_session(tiled_uri: str | None = None, api_key: str | None = None) -> d
     if not plots:
         bec.disable_plots()
     RE.subscribe(bec)
-    c = from_uri(uri, api_key=key)
+    c = connect(uri, key)
     _add_magics(sl, c, plots)
     plugins = ", ".join(sl.plugins.names())
     print(f"SmartLab: RE, bp, bps, sl, bec, c ready; plugins: {plugins}; Tiled at {uri}")

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smartlab_plugins.connection import client_factory
 from smartlab_plugins.protocol import Shipment, WorkerConfig
 from smartlab_plugins.publish import Publisher
 from smartlab_plugins.publish.resume import TRANSPORT, ResumingPublisher, existing_results
@@ -364,11 +365,8 @@ class BrokerWorker:
             return
         from pathlib import Path
 
-        from tiled.client import from_uri
-
-        config = self.config
         orphans = Publisher(
-            lambda: from_uri(config.tiled_uri, api_key=config.api_key),
+            client_factory(self.config.tiled_uri, self.config.api_key),
             journal_dir=Path(self.config.spool_dir),
             tiled_uri=self.config.tiled_uri,
         )
@@ -378,12 +376,11 @@ class BrokerWorker:
 
     def _prepare_resume(self, runs: set[str]) -> None:
         """Tell the publisher what Tiled has of ``runs`` (waiting while Tiled is away)."""
-        from tiled.client import from_uri
-
         backoff = Backoff(initial=0.5, maximum=10.0, transient=lambda exc: True)
+        make_client = client_factory(self.config.tiled_uri, self.config.api_key)
         while not self._stopping.is_set():
             try:
-                client = from_uri(self.config.tiled_uri, api_key=self.config.api_key)
+                client = make_client()
                 for run in runs:
                     for plugin, existing in existing_results(client, run).items():
                         self.publisher.resume(run, plugin, existing)

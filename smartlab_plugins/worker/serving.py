@@ -20,6 +20,7 @@ from typing import Any
 from smartlab_plugins import protocol
 from smartlab_plugins.assembly.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
+from smartlab_plugins.connection import client_factory
 from smartlab_plugins.manager import PluginManager, from_reference
 from smartlab_plugins.protocol import Reply, Shipment, WorkerConfig
 from smartlab_plugins.publish import Publisher, RawRunWriter
@@ -35,11 +36,7 @@ class Session:
     publisher_class: type[Publisher] = Publisher
 
     def __init__(self, config: WorkerConfig) -> None:
-        from tiled.client import from_uri
-
-        def client():
-            return from_uri(config.tiled_uri, api_key=config.api_key)
-
+        client = client_factory(config.tiled_uri, config.api_key)
         plugins = PluginManager()
         for reference in config.registered:
             plugins.register(from_reference(reference))
