@@ -36,6 +36,7 @@ from smartlab_plugins.connection import connect
 from smartlab_plugins.front_door import LINGER_S, MAX_PENDING, Doc, FrontDoor
 from smartlab_plugins.manager import PluginManager, plugin_reference
 from smartlab_plugins.protocol import Limits, Shipment, WorkerConfig
+from smartlab_plugins.run_index import short_uid
 from smartlab_plugins.runner import ProcessHost, ThreadHost, WorkerError, WorkerHost
 
 logger = logging.getLogger(__name__)
@@ -300,6 +301,6 @@ def _of_run(name: Any, doc: Any) -> str:
     """`` of run <uid>`` for a document that names its run plainly, else ``""``."""
     try:
         run = doc["uid"] if name == "start" else doc["run_start"]
-        return f" of run {str(run)[:8]}"
+        return f" of run {short_uid(run)}"
     except Exception:
         return ""

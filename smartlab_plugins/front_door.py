@@ -40,7 +40,7 @@ from typing import Any, Protocol, Self
 
 from smartlab_plugins.protocol import check_backpressure
 from smartlab_plugins.retry import Backoff
-from smartlab_plugins.run_index import RunIndex
+from smartlab_plugins.run_index import RunIndex, short_uid
 from smartlab_plugins.spool import DiskQueue
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class FrontDoor:
                 "SmartLab could not keep up: %d event(s) of run %s were not sent to %s "
                 "(more than max_pending=%d documents waiting)",
                 self._dropped[run],
-                run[:8],
+                short_uid(run),
                 self._courier.label,
                 self._max_pending,
             )

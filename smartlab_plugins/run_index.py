@@ -30,6 +30,12 @@ PARENT_KEYS = {
 }
 
 
+def short_uid(uid: Any) -> str:
+    """The first 8 characters of a uid, for messages. A malformed document's uid may hold
+    lone surrogates, which no log file or UTF-8 stream can take: they are escaped."""
+    return str(uid)[:8].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class RunIndex:
     """Trace any document to the uid of its run; never raises on a malformed one.
 

@@ -29,6 +29,8 @@ import numpy as np
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 from event_model import DocumentNames, DocumentRouter, schema_validators
 
+from smartlab_plugins.run_index import short_uid
+
 from .external import ExternalDataRefused, ReadPolicy, declared_dtype
 from .external_fields import ExternalFields
 
@@ -205,7 +207,7 @@ class BatchAssembler:
                 DocumentProblem(
                     name,
                     f"a {name} with uid {_short(doc['uid'])} was already received "
-                    f"(run {self._owner[doc['uid']][:8]})",
+                    f"(run {short_uid(self._owner[doc['uid']])})",
                     run_uid,
                 )
             )
@@ -688,12 +690,6 @@ def _reason(exc: BaseException) -> str:
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 80
-
-
-def short_uid(uid: str) -> str:
-    """The first 8 characters of a uid, for messages. A malformed document's uid may hold
-    lone surrogates, which no log file or UTF-8 stream can take: they are escaped."""
-    return str(uid)[:8].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _short(value: Any, limit: int = 80) -> str:

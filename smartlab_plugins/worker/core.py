@@ -22,13 +22,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from smartlab_plugins.assembly.batching import BatchAssembler, DocumentProblem, RawBatch, short_uid
+from smartlab_plugins.assembly.batching import BatchAssembler, DocumentProblem, RawBatch
 from smartlab_plugins.assembly.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.hookspecs import EventBatch, RunContext
 from smartlab_plugins.manager import PluginManager
 from smartlab_plugins.protocol import Limits, Shipment
 from smartlab_plugins.publish import Publisher, RawRunWriter
+from smartlab_plugins.run_index import short_uid
 from smartlab_plugins.worker import records, selection, validation
 from smartlab_plugins.worker.records import Analysis, Recorder, RunState
 from smartlab_plugins.worker.supervision import Supervisor

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from smartlab_plugins.assembly.batching import DocumentProblem, short_uid
+from smartlab_plugins.assembly.batching import DocumentProblem
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext
 from smartlab_plugins.lanes import Lane, format_frames
 from smartlab_plugins.layout import ErrorRecord
 from smartlab_plugins.publish import Publisher
+from smartlab_plugins.run_index import short_uid
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def log_run_summary(summary: Mapping[str, Any]) -> None:
     logger.log(
         level,
         "run %s finished (%s): %s; %d documents dropped, %d rejected",
-        summary["run_uid"][:8],
+        short_uid(summary["run_uid"]),
         summary["exit_status"],
         "; ".join(parts) or "no plugins",
         summary["dropped"],

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from smartlab_plugins.manager import UnknownPluginError
+from smartlab_plugins.run_index import short_uid
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def plugins_for_run(
     if not isinstance(request, Mapping):
         logger.error(
             "run %s: ignoring start['%s']=%r: expected a dict",
-            str(start.get("uid", "?"))[:8],
+            short_uid(start.get("uid", "?")),
             START_KEY,
             request,
         )
@@ -46,7 +47,7 @@ def plugins_for_run(
             chosen.append(name)
         else:
             logger.error(
-                "run %s: %s", str(start.get("uid", "?"))[:8], UnknownPluginError(name, known)
+                "run %s: %s", short_uid(start.get("uid", "?")), UnknownPluginError(name, known)
             )
     return [name for name in chosen if name not in disabled]
 
@@ -68,7 +69,7 @@ def _names(start: Mapping[str, Any], key: str, value: Any) -> list[str]:
         return list(value)
     logger.error(
         "run %s: ignoring start['%s'][%r]=%s: expected a list of plugin names",
-        str(start.get("uid", "?"))[:8],
+        short_uid(start.get("uid", "?")),
         START_KEY,
         key,
         reprlib.repr(value),

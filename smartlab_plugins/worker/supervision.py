@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from smartlab_plugins.assembly.batching import short_uid
 from smartlab_plugins.hookspecs import EventBatch
 from smartlab_plugins.lanes import Lane
 from smartlab_plugins.protocol import Limits
+from smartlab_plugins.run_index import short_uid
 from smartlab_plugins.worker.records import Analysis, Recorder, RunState
 
 if TYPE_CHECKING:
