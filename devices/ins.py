@@ -14,11 +14,15 @@ gamma1(k) = (cos kx a + cos ky a)/2 and gamma2(k) = cos kx a · cos ky a,
     ħω(k) = sqrt(A² - B²),   anisotropy gap Δ = 2 S sqrt(D (4 J1 + D)),
 
 and a transverse spin-correlation weight S (A - B)/ω per mode. A detector
-returns counts in S(|Q|, E) maps of shape (96, 160): the in-plane |Q| average
-("2D powder") of the spin-wave spectrum times the Mn2+ form factor, the Bose
-factor, kf/ki and a Gaussian energy resolution, plus a flat background and a
-resolution-broadened incoherent elastic line, with Poisson counting noise.
-Bins outside the kinematic range of a direct-geometry spectrometer are zero.
+returns counts in S(|Q|, E) maps of shape (96, 160): the powder average of the
+spin-wave spectrum over all orientations of Q (the 2-D spectrum depends on
+Q_par = |Q| sin θ only, θ the angle between Q and c: the Warren line shape),
+with the polarisation factor 1 + cos²θ of moments along c, times the Mn2+ form
+factor, the Bose factor, kf/ki and a Gaussian energy resolution, plus a flat
+background and a resolution-broadened incoherent elastic line, with Poisson
+counting noise. ``SpinWaveConfig(average="in_plane")`` instead averages Q over
+directions in the layer plane only (a c-axis-aligned sample). Bins outside the
+kinematic range of a direct-geometry spectrometer are zero.
 
 The same functions make the training sets (:func:`simulate`) and the data that
 :class:`SpinWaveSpectrometer` returns when a RunEngine triggers it.
@@ -51,6 +55,10 @@ COUNTING_TIME_LIMITS = (1.0, 3600.0)  # counting time, s
 # <j0> = A exp(-a s²) + B exp(-b s²) + C exp(-c s²) + D, with s = |Q| / 4π in Å^-1.
 MN2_J0 = (0.4220, 17.684, 0.5948, 6.005, 0.0043, -0.609, -0.0219)
 
+#: The orientational averages of ``SpinWaveConfig.average``: "powder", over all directions of Q
+#: (a powder sample); "in_plane", over directions in the layer plane (a c-axis-aligned sample).
+AVERAGES = ("powder", "in_plane")
+
 
 @dataclass(frozen=True)
 class SpinWaveConfig:
@@ -60,6 +68,10 @@ class SpinWaveConfig:
     degrees, rates counts per second per (|Q|, E) bin. Hidden truth is drawn
     uniformly from ``j1_range`` * ``j2_range`` * ``d_range`` restricted to
     J2/J1 ≤ ``max_j2_over_j1`` (rejection sampling, so uniform on that region).
+    ``average`` is one of :data:`AVERAGES`: ``"powder"`` (default), the average over
+    all orientations of Q of a powder sample; ``"in_plane"``, Q in the layer plane
+    only, as for a c-axis-aligned sample (the default before the powder average
+    was added; its maps are unchanged bit for bit).
     """
 
     n_q: int = 96  # number of |Q| bins
@@ -76,11 +88,13 @@ class SpinWaveConfig:
     resolution_fraction: float = 0.03  # Gaussian energy-resolution FWHM / Ei
     two_theta_min: float = 3.0  # smallest detector scattering angle, degrees
     two_theta_max: float = 135.0  # largest detector scattering angle, degrees
-    signal_rate: float = 2.0  # magnetic counts/s per unit of binned ⟨(n+1) S (A-B)/ω F²⟩ kf/ki
+    signal_rate: float = 2.0  # magnetic counts/s per unit of binned ⟨(n+1) S (A-B)/ω F² P⟩ kf/ki
     background_rate: float = 0.02  # flat background, counts/s/bin
     elastic_rate: float = 20.0  # energy-integrated incoherent elastic line, counts/s per |Q| bin
+    average: str = "powder"  # "powder": all Q directions (3-D); "in_plane": Q in the ab plane
     n_phi: int = 24  # in-plane Q directions in [0, π/4] (D4 symmetry gives the full circle)
-    n_q_sub: int = 2  # |Q| samples per |Q| bin for the powder average
+    n_q_sub: int = 2  # |Q| samples per |Q| bin (and Q_par grid points per bin width, powder)
+    n_theta: int = 512  # cos θ midpoints in [0, 1] for the powder average (precomputed once)
     batch_size: int = 256  # samples per vectorised batch in simulate()
     j1_range: tuple[float, float] = (0.4, 1.2)  # nearest-neighbour exchange J1, meV
     j2_range: tuple[float, float] = (0.06, 0.24)  # next-nearest-neighbour exchange J2, meV
@@ -102,6 +116,13 @@ class SpinWaveConfig:
             )
         if self.j2_range[0] > self.max_j2_over_j1 * self.j1_range[1]:
             raise ValueError("j2_range lies entirely above max_j2_over_j1 * J1; nothing to draw")
+        if self.average not in AVERAGES:
+            raise ValueError(f"average={self.average!r} is not one of {AVERAGES}")
+        if min(self.n_phi, self.n_q_sub, self.n_theta) < 1:
+            raise ValueError(
+                f"n_phi, n_q_sub and n_theta must be at least 1, got "
+                f"{self.n_phi}, {self.n_q_sub}, {self.n_theta}"
+            )
 
 
 def _check_range(name: str, value: float, limits: tuple[float, float], unit: str) -> None:
@@ -139,7 +160,19 @@ def energy_axis(config: SpinWaveConfig) -> np.ndarray:
     return _centres(e_edges(config))
 
 
-def powder_points(config: SpinWaveConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _q_sub(config: SpinWaveConfig) -> np.ndarray:
+    """``n_q_sub`` equally spaced |Q| values (midpoints) inside each |Q| bin, (n_q, n_q_sub)."""
+    edges = q_edges(config)
+    frac = (np.arange(config.n_q_sub) + 0.5) / config.n_q_sub
+    return edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * frac[None, :]
+
+
+def _phi(config: SpinWaveConfig) -> np.ndarray:
+    """``n_phi`` in-plane directions φ in [0, π/4] (midpoint rule), radians."""
+    return (np.arange(config.n_phi) + 0.5) * (np.pi / 4.0) / config.n_phi
+
+
+def in_plane_points(config: SpinWaveConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """In-plane wavevectors that sample the circular |Q| average of every |Q| bin.
 
     Returns (qx, qy, |Q|) in Å^-1, each of shape (n_q, n_q_sub * n_phi): ``n_q_sub``
@@ -147,13 +180,65 @@ def powder_points(config: SpinWaveConfig) -> tuple[np.ndarray, np.ndarray, np.nd
     [0, π/4] (midpoint rule). The square lattice's D4 symmetry makes the average
     over [0, π/4] equal to the average over the full circle.
     """
-    edges = q_edges(config)
-    frac = (np.arange(config.n_q_sub) + 0.5) / config.n_q_sub
-    q_sub = edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * frac[None, :]
-    phi = (np.arange(config.n_phi) + 0.5) * (np.pi / 4.0) / config.n_phi
+    q_sub = _q_sub(config)
+    phi = _phi(config)
     q = np.repeat(q_sub, config.n_phi, axis=1)
     phis = np.tile(phi, config.n_q_sub)[None, :]
     return q * np.cos(phis), q * np.sin(phis), q
+
+
+def q_par_grid(config: SpinWaveConfig) -> np.ndarray:
+    """In-plane |Q_par| grid of the powder average, Å^-1: 0, h, 2h, ... past the largest |Q|.
+
+    h = |Q| bin width / ``n_q_sub``; shape (n_par,).
+    """
+    step = (config.q_max - config.q_min) / (config.n_q * config.n_q_sub)
+    n_par = int(np.floor(float(_q_sub(config).max()) / step)) + 2
+    return np.arange(n_par) * step
+
+
+def powder_points(config: SpinWaveConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """In-plane wavevectors at which the config's average evaluates the spin waves.
+
+    ``"in_plane"``: :func:`in_plane_points`, rows = |Q| bins. ``"powder"``: the
+    Q_par grid (:func:`q_par_grid`) times ``n_phi`` directions φ in [0, π/4], each
+    of shape (n_par, n_phi), rows = Q_par points; :func:`powder_matrix` carries
+    them to the |Q| bins. Returns (qx, qy, row magnitude) in Å^-1.
+    """
+    if config.average == "in_plane":
+        return in_plane_points(config)
+    q_par = q_par_grid(config)[:, None]
+    phi = _phi(config)[None, :]
+    q = np.repeat(q_par, config.n_phi, axis=1)
+    return q * np.cos(phi), q * np.sin(phi), q
+
+
+def powder_matrix(config: SpinWaveConfig) -> np.ndarray:
+    """Weights W (n_q, n_par) of the 3-D powder average: map(|Q| bin) = Σ_k W[., k] S2D(Q_par,k).
+
+    S2D is the φ-averaged spectrum at the Q_par grid points. For each of the
+    ``n_q_sub`` |Q| values q of a bin and ``n_theta`` midpoints u = cos θ in [0, 1]
+    (uniform in cos θ is uniform over the sphere), Q_par = q sqrt(1 - u²) is
+    spread linearly over its two neighbouring grid points with weight
+    F(q)² (1 + u²) / (n_q_sub n_theta): the Mn2+ form factor and the polarisation
+    factor (1 - Q̂x²) + (1 - Q̂y²) = 1 + cos²θ of transverse spin waves about moments
+    along c, which is 1 for Q in the plane (θ = 90°).
+    """
+    grid = q_par_grid(config)
+    step = float(grid[1])
+    q = _q_sub(config)  # (n_q, n_q_sub)
+    u = (np.arange(config.n_theta) + 0.5) / config.n_theta
+    q_par = q[:, :, None] * np.sqrt(1.0 - u * u)[None, None, :]
+    weight = mn2_form_factor(q)[:, :, None] ** 2 * (1.0 + u * u)[None, None, :]
+    weight /= config.n_q_sub * config.n_theta
+    pos = q_par / step
+    k0 = np.floor(pos).astype(np.int64)
+    frac = pos - k0
+    row = np.arange(config.n_q, dtype=np.int64)[:, None, None] * len(grid)
+    index = np.concatenate([(row + k0).ravel(), (row + k0 + 1).ravel()])
+    values = np.concatenate([(weight * (1.0 - frac)).ravel(), (weight * frac).ravel()])
+    flat = np.bincount(index, weights=values, minlength=config.n_q * len(grid))
+    return flat.reshape(config.n_q, len(grid))
 
 
 def kinematic_mask(
@@ -277,9 +362,10 @@ def resolution_matrix(fine: np.ndarray, edges: np.ndarray, sigma: float) -> np.n
 class _Geometry:
     """Precomputed, truth-independent pieces of the S(|Q|, E) model for one setting."""
 
-    gamma1: np.ndarray  # (n_q, m)
-    gamma2: np.ndarray  # (n_q, m)
-    form2: np.ndarray  # (n_q, m), squared form factor
+    gamma1: np.ndarray  # (rows, m): rows = n_q |Q| bins (in_plane) or n_par Q_par points (powder)
+    gamma2: np.ndarray  # (rows, m)
+    form2: np.ndarray | None  # (n_q, m), squared form factor (in_plane; powder: in projection)
+    projection: np.ndarray | None  # (n_q, n_par) powder_matrix (powder), None (in_plane)
     fine_step: float  # meV, spacing of the deposit grid
     n_fine: int
     resolution: np.ndarray  # (n_fine, n_e)
@@ -292,6 +378,7 @@ def _geometry(config: SpinWaveConfig, ei: float) -> _Geometry:
     """Precompute lattice sums, form factor, resolution and mask for incident energy ``ei``."""
     qx, qy, q = powder_points(config)
     g1, g2 = lattice_sums(qx, qy, config.lattice_a)
+    powder = config.average == "powder"
     edges = e_edges(config)
     sigma = resolution_fwhm(ei, config.resolution_fraction) / FWHM_PER_SIGMA
     step = min(float(edges[1] - edges[0]), 0.5 * sigma)
@@ -300,7 +387,8 @@ def _geometry(config: SpinWaveConfig, ei: float) -> _Geometry:
     return _Geometry(
         gamma1=g1.astype(np.float32),
         gamma2=g2.astype(np.float32),
-        form2=(mn2_form_factor(q) ** 2).astype(np.float32),
+        form2=None if powder else (mn2_form_factor(q) ** 2).astype(np.float32),
+        projection=powder_matrix(config).astype(np.float32) if powder else None,
         fine_step=step,
         n_fine=n_fine,
         resolution=resolution_matrix(fine, edges, sigma).astype(np.float32),
@@ -340,15 +428,32 @@ def _magnetic(
     temperature: float,
     spin: float,
 ) -> np.ndarray:
-    """Powder-averaged, resolution-broadened ⟨(n+1) S (A-B)/ω F²⟩ kf/ki per bin, (nb, n_q, n_e)."""
-    j1, j2, d = (np.reshape(x, (-1, 1, 1)).astype(np.float32) for x in (j1, j2, d))
-    a, b = lswt_ab(geometry.gamma1[None], geometry.gamma2[None], j1, j2, d, spin)
+    """Orientation-averaged, resolution-broadened ⟨(n+1) S (A-B)/ω F² P⟩ kf/ki, (nb, n_q, n_e).
+
+    P is the polarisation factor 1 + cos²θ (powder; 1 for the in-plane average).
+    The powder average lays the modes out as (n_par, nb, m), so that carrying the
+    Q_par histograms to the |Q| bins is one matrix product with the projection.
+    """
+    powder = geometry.projection is not None
+    shape = (1, -1, 1) if powder else (-1, 1, 1)
+    j1, j2, d = (np.reshape(x, shape).astype(np.float32) for x in (j1, j2, d))
+    axis = 1 if powder else 0
+    gamma1, gamma2 = (np.expand_dims(g, axis) for g in (geometry.gamma1, geometry.gamma2))
+    a, b = lswt_ab(gamma1, gamma2, j1, j2, d, spin)
     a_minus_b = np.clip(a - b, 1e-9, None)
     a_plus_b = np.clip(a + b, 1e-9, None)
     omega = np.sqrt(a_minus_b * a_plus_b)
     weight = np.sqrt(a_minus_b / a_plus_b) * bose_factor(omega, temperature)
-    weight *= geometry.form2[None] * np.float32(spin / geometry.gamma1.shape[1])
+    if powder:
+        weight *= np.float32(spin / geometry.gamma1.shape[1])
+    else:
+        weight *= geometry.form2[None] * np.float32(spin / geometry.gamma1.shape[1])
     hist = _deposit(omega, weight, geometry.fine_step, geometry.n_fine).astype(np.float32)
+    if powder:  # (n_par, nb, n_fine) -> (n_q, nb, n_fine): the 3-D average over θ
+        n_par, nb, n_fine = hist.shape
+        hist = (geometry.projection @ hist.reshape(n_par, nb * n_fine)).reshape(-1, nb, n_fine)
+        binned = hist.reshape(-1, n_fine) @ geometry.resolution
+        return binned.reshape(-1, nb, binned.shape[1]).transpose(1, 0, 2) * geometry.kf_ki
     binned = hist.reshape(-1, geometry.n_fine) @ geometry.resolution
     return binned.reshape(hist.shape[0], hist.shape[1], -1) * geometry.kf_ki
 

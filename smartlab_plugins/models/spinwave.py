@@ -25,7 +25,7 @@ from smartlab_plugins.models.preprocessing import log_binned_zscore
 from smartlab_plugins.models.training import Split
 
 NAME = "spinwave_cnn"
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: trained on the 3-D powder average (devices.ins average="powder")
 PARAMETERS = ("j1", "j2", "d")
 FIELD_SHAPE = (96, 160)
 LAPLACE_68 = float(np.log(1 / 0.32))  # half-width of the central 68% of a Laplace, in scales

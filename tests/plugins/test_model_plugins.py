@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from smartlab_plugins.devices import ins, mpb
+from smartlab_plugins.models import spinwave
 from smartlab_plugins.results import find_analyses, read_array, read_errors, read_events
 
 
@@ -32,7 +33,7 @@ def test_spinwave_cnn_recovers_the_exchange_constants_live(RE, make_smartlab, cl
     for uid, truth in zip(uids, truths, strict=True):
         analysis = analysis_of(client, uid, "spinwave_cnn")
         assert analysis.metadata["model"] == "spinwave_cnn"
-        assert analysis.metadata["model_version"] == "1.0.0"
+        assert analysis.metadata["model_version"] == spinwave.VERSION == "1.1.0"
         assert len(analysis.metadata["sha256"]) == 64
         units = analysis.metadata["units"]
         assert units["j1"] == units["j1_std"] == units["d_std"] == "meV"
