@@ -3,7 +3,8 @@
 Usage: python follow_reader.py URI KEY UID_FILE REPORT_FILE ROWS TIMEOUT
 Waits for the run uid in UID_FILE, then ``follow``s its peak_stats analysis
 until ROWS rows arrived (or TIMEOUT s), recording each batch's seq_nums and
-arrival time; writes a JSON report at the end.
+arrival time; writes a JSON report at the end. Touches ``first_rows`` beside
+UID_FILE when the first rows arrive (a scan can wait for it).
 """
 
 import json
@@ -29,6 +30,7 @@ enough = threading.Event()
 
 def on_rows(rows):
     batches.append({"seq": rows["seq_num"].tolist(), "time": time.time()})
+    Path(uid_file).with_name("first_rows").touch()
     if sum(len(b["seq"]) for b in batches) >= int(rows_wanted):
         enough.set()
 

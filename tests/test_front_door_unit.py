@@ -107,15 +107,15 @@ def test_every_document_arrives_once_in_order(door_of, courier) -> None:
 def test_a_document_after_a_quiet_spell_goes_at_once_and_a_burst_goes_together(
     door_of, courier
 ) -> None:
-    door = door_of(linger=1.0)  # a long linger makes "at once" and "together" plain
+    door = door_of(linger=3.0)  # a long linger makes "at once" and "together" plain
     started = time.monotonic()
     door("start", {"uid": "r"})
     while not courier.received and time.monotonic() - started < 5:
         time.sleep(0.005)
-    assert time.monotonic() - started < 0.5  # not held for the linger
+    assert time.monotonic() - started < 1.5  # not held for the linger
     for name, doc in events(50)[1:]:
         door(name, doc)
-    assert door.flush(timeout=10)
+    assert door.flush(timeout=30)
     assert courier.rounds == 2  # the burst waited out the linger and went in one round
 
 

@@ -73,7 +73,7 @@ def test_the_worker_answers_each_request(host: ThreadHost) -> None:
     assert host.request(protocol.StatusRequest())["enabled"] == ["peak_stats"]
     wanted = {"peak_stats": {"arrays": False, "inputs": False}}
     assert host.request(protocol.SetLive(wanted)) == ["peak_stats"]
-    assert host.request(protocol.Flush(1.0)) is True
+    assert host.request(protocol.Flush(30.0)) is True
 
 
 def test_a_refused_request_is_raised_on_the_callers_side_and_the_worker_goes_on(

@@ -64,8 +64,8 @@ def test_wait_for_returns_when_results_arrive_and_gives_up_after_its_timeout():
     threading.Timer(0.05, feed.put, args=(message([1, 2]),)).start()
     started = time.monotonic()
     assert feed.wait_for("run-1", 2, ["phase_cnn"], timeout=5.0)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 4.0  # returned when they came, not at the timeout
     started = time.monotonic()
-    assert not feed.wait_for("run-1", 3, ["phase_cnn"], timeout=0.1)
-    assert 0.1 <= time.monotonic() - started < 1.0
+    assert not feed.wait_for("run-1", 3, ["phase_cnn"], timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 3.0
     feed.put({"not": "a results message"})  # malformed: ignored, never raises

@@ -24,6 +24,12 @@ def manager_with(*planners) -> PlannerManager:
     return manager
 
 
+#: How long a plan waits for a point's results before deciding without them: generous, so a
+#: busy machine (a model loading for the first time) does not change what a test checks; a
+#: plan waits only until the results come.
+RESULTS_WAIT_S = 60.0
+
+
 def stop_of(client, uid):
     return client[uid].metadata["stop"]
 
@@ -33,7 +39,11 @@ def test_adaptive_ramp_brackets_the_heating_transition_with_few_points_and_reset
 ):
     detector, controller = ramp_devices
     t_up = detector.truth["t_up"]
-    (uid,) = RE(adaptive_ramp([detector], controller, START, STOP, feed=feed, resolution=1.0))
+    (uid,) = RE(
+        adaptive_ramp(
+            [detector], controller, START, STOP, feed=feed, resolution=1.0, wait=RESULTS_WAIT_S
+        )
+    )
     smartlab.flush()
 
     stop = stop_of(client, uid)
@@ -68,7 +78,11 @@ def test_a_cooling_ramp_resets_above_the_loop_and_finds_t_down(
 ):
     detector, controller = ramp_devices
     t_down = detector.truth["t_down"]
-    (uid,) = RE(adaptive_ramp([detector], controller, 560.0, 480.0, feed=feed, resolution=0.5))
+    (uid,) = RE(
+        adaptive_ramp(
+            [detector], controller, 560.0, 480.0, feed=feed, resolution=0.5, wait=RESULTS_WAIT_S
+        )
+    )
     smartlab.flush()
     summary = decisions(client, uid)[-1]["detail"]["summary"]
     estimate = summary["planners"]["transition_bracket"]
@@ -267,7 +281,17 @@ def test_adaptive_map_locates_every_class_change_with_far_fewer_points_than_a_gr
     RE, feed, smartlab, client
 ):
     devices = mpb.make_devices(seed=1)
-    (uid,) = RE(adaptive_map([devices["mpb"]], devices["sample"].x, 0.3, 0.7, feed=feed, budget=30))
+    (uid,) = RE(
+        adaptive_map(
+            [devices["mpb"]],
+            devices["sample"].x,
+            0.3,
+            0.7,
+            feed=feed,
+            budget=30,
+            wait=RESULTS_WAIT_S,
+        )
+    )
     smartlab.flush()
     summary = decisions(client, uid)[-1]["detail"]["summary"]
     assert summary["outcome"] == "converged" and summary["points"] <= 20  # grid at 0.005: 81
@@ -304,7 +328,11 @@ def test_count_until_precise_stops_once_the_combined_uncertainty_is_below_target
     RE, feed, smartlab, client
 ):
     spectrometer = ins.make_devices(seed=1)["ins"]
-    (uid,) = RE(count_until_precise([spectrometer], feed=feed, target={"j1": 0.005}, budget=12))
+    (uid,) = RE(
+        count_until_precise(
+            [spectrometer], feed=feed, target={"j1": 0.005}, budget=12, wait=RESULTS_WAIT_S
+        )
+    )
     smartlab.flush()
     stop = stop_of(client, uid)
     assert stop["exit_status"] == "success" and stop["reason"].startswith("converged: j1")

@@ -73,7 +73,7 @@ def test_limited_positioner_refuses_before_motion() -> None:
     with pytest.raises(LimitError, match="stage_x=9"):
         RunEngine({})(bps.mv(motor, 9.0))
     assert motor.position == 1.0
-    motor.set(5.0).wait(1)
+    motor.set(5.0).wait(10)
     assert motor.position == 5.0
 
 
@@ -92,7 +92,7 @@ def test_range_signal_checks_in_the_caller_and_describes_units_and_limits() -> N
     with pytest.raises(LimitError, match="det_time=200"):
         signal.put(200.0)
     assert signal.get() == 1.0
-    signal.set(2.5).wait(1)
+    signal.set(2.5).wait(10)
     assert signal.get() == 2.5
     key = signal.describe()["det_time"]
     assert key["units"] == "s"
@@ -113,7 +113,7 @@ def test_set_limits_changes_the_range_and_refuses_an_empty_one(make: Callable[[]
     assert device.limits == (0.0, 10.0)
     with pytest.raises(LimitError, match=r"dev_x=11\.0 um .*\[0\.0, 10\.0\] um"):
         device.set(11.0)
-    device.set(10.0).wait(1)
+    device.set(10.0).wait(10)
     with pytest.raises(ValueError, match=r"dev_x: limits low=3\.0 must be below high=3\.0 um"):
         device.set_limits(3.0, 3.0)
     assert device.limits == (0.0, 10.0)

@@ -106,8 +106,10 @@ def run_live(
 
 
 def test_rows_reach_a_reader_during_the_scan(tiled_server: EmbeddedServer) -> None:
-    """60 events at about 20/s: the reader sees them arrive, about 1 s late at most."""
-    reader, noted, failures = run_live(tiled_server, bp.count([det], 60, delay=0.05))
+    """120 events at about 10/s: the reader sees them arrive about 1 s late (the bound is
+    2.5 s for a busy machine; a writer that kept rows until the stop of this 12 s scan
+    would be about 6 s late)."""
+    reader, noted, failures = run_live(tiled_server, bp.count([det], 120, delay=0.1))
 
     assert failures == 0
     assert not reader.errors, f"the reader failed {len(reader.errors)} times: {reader.errors[:3]}"
@@ -116,21 +118,21 @@ def test_rows_reach_a_reader_during_the_scan(tiled_server: EmbeddedServer) -> No
         f"expected the row count to grow during the scan, read before the stop: {during}"
     )
     staleness = [reader.seen[s] - t for s, t in noted["events"].items() if s in reader.seen]
-    assert len(staleness) == 60
-    assert statistics.median(staleness) <= 1.0, (
-        f"expected a median staleness of at most 1 s, got {statistics.median(staleness):.2f} s"
+    assert len(staleness) == 120
+    assert statistics.median(staleness) <= 2.5, (
+        f"expected a median staleness of at most 2.5 s, got {statistics.median(staleness):.2f} s"
     )
     seq_nums = tiled_server.client()[noted["uid"]]["primary"]["seq_num"].read()
-    assert sorted(seq_nums.tolist()) == list(range(1, 61))
+    assert sorted(seq_nums.tolist()) == list(range(1, 121))
 
 
 def test_rows_are_written_when_no_more_documents_come(tiled_server: EmbeddedServer) -> None:
-    """One event, then 3 s of nothing: the row is readable long before the stop."""
+    """One event, then 8 s of nothing: the row is readable long before the stop."""
 
     def one_event_then_wait():
         yield from bps.open_run()
         yield from bps.trigger_and_read([det])
-        yield from bps.sleep(3)
+        yield from bps.sleep(8)
         yield from bps.close_run()
 
     reader, noted, failures = run_live(tiled_server, one_event_then_wait())
@@ -138,5 +140,5 @@ def test_rows_are_written_when_no_more_documents_come(tiled_server: EmbeddedServ
     assert failures == 0
     assert not reader.errors, f"the reader failed {len(reader.errors)} times: {reader.errors[:3]}"
     assert 1 in reader.seen
-    assert reader.seen[1] - noted["events"][1] <= 1.5
-    assert reader.seen[1] < noted["stop"] - 1
+    assert reader.seen[1] - noted["events"][1] <= 4  # written at most 0.5 s after; a busy server
+    assert reader.seen[1] < noted["stop"] - 4  # not kept until the stop
