@@ -154,8 +154,11 @@ class Follower:
         try:
             root = self._wait_for_child(self._client, key=ROOT_KEY)
             self.analysis = self._wait_for_child(root, match=self._is_our_analysis)
-            stream = self._wait_for_child(self.analysis, key=self.stream)
-            events = self._wait_for_child(stream, key=EVENTS_KEY)
+            # the stream and its table come in one round: often there once the analysis is
+            events = _lookup(self.analysis, (self.stream, EVENTS_KEY))
+            if events is None:
+                stream = self._wait_for_child(self.analysis, key=self.stream)
+                events = self._wait_for_child(stream, key=EVENTS_KEY)
             self._follow_table(events)
         except _Closed:
             pass
@@ -223,9 +226,8 @@ class Follower:
     def _existing_child(
         self, container: Any, key: str | None, match: Callable[[dict[str, Any]], bool] | None
     ) -> Any:
-        container = container.refresh() if hasattr(container, "refresh") else container
         if key is not None:
-            return container.get(key, None)
+            return _lookup(container, (key,))
         found = container.search(Key("run_uid") == self.run_uid).search(
             Key("plugin") == self.plugin
         )
@@ -321,6 +323,19 @@ def _look_again_times() -> Iterator[float]:
     """Seconds after subscribing at which a wait for a child looks for it again: without end."""
     yield from LOOK_AGAIN_S
     yield from itertools.count(LOOK_AGAIN_S[-1] * 2, LOOK_AGAIN_S[-1])
+
+
+def _lookup(container: Any, keys: tuple[str, ...]) -> Any:
+    """``container[keys]`` asked of the server in one request, or None if it is not there.
+
+    Not from the contents the server inlined when ``container`` was fetched, which
+    are stale for a container that is still growing (``_ignore_inlined_contents``,
+    a private argument of tiled 0.2.20's ``Container.__getitem__``, pinned).
+    """
+    try:
+        return container.__getitem__(keys, _ignore_inlined_contents=True)
+    except KeyError:
+        return None
 
 
 def _disconnect(subscription: Any) -> None:
