@@ -51,7 +51,9 @@ class Supervisor:
 
     def open_lane(self, analysis: Analysis, start: Callable[[], None]) -> None:
         """Give the analysis its lane, with ``start`` (the plugin's set-up) first on it."""
-        analysis.lane = Lane(analysis.plugin, capacity=self.lane_capacity)
+        # room for the start call beside lane_capacity batches: it is queued first, and
+        # counted against the batches it would make a fast plugin skip its first under drop
+        analysis.lane = Lane(analysis.plugin, capacity=self.lane_capacity + 1)
         analysis.lane.submit(start, "start_run")
 
     def submit(
