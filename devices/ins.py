@@ -160,6 +160,29 @@ def energy_axis(config: SpinWaveConfig) -> np.ndarray:
     return _centres(e_edges(config))
 
 
+#: Units of the map's axes, as the device's data key declares them (see :func:`map_axes`).
+AXIS_UNITS = {"q": "1/angstrom", "energy": "meV"}
+
+
+def map_axes(config: SpinWaveConfig) -> dict[str, Any]:
+    """The ``dims`` and ``coords`` that the data key of a counts map declares.
+
+    ``{"dims": ["q", "energy"], "coords": {"q": {"values": [...], "units": "1/angstrom"},
+    "energy": {"values": [...], "units": "meV"}}}``: the map's axes in order (|Q| bins,
+    energy-transfer bins), and per axis the bin centres (plain floats, one per bin:
+    ``n_q`` and ``n_e`` of them) with their units. The bins are contiguous and
+    equally wide, so their edges lie halfway between neighbouring centres.
+    """
+    centres = {"q": q_axis(config), "energy": energy_axis(config)}
+    return {
+        "dims": list(AXIS_UNITS),
+        "coords": {
+            name: {"values": [round(float(v), 9) for v in centres[name]], "units": units}
+            for name, units in AXIS_UNITS.items()
+        },
+    }
+
+
 def _q_sub(config: SpinWaveConfig) -> np.ndarray:
     """``n_q_sub`` equally spaced |Q| values (midpoints) inside each |Q| bin, (n_q, n_q_sub)."""
     edges = q_edges(config)
@@ -581,6 +604,22 @@ def simulate(n: int, seed: int = 0, config: SpinWaveConfig | None = None) -> Sim
 # ---------------------------------------------------------------- ophyd devices
 
 
+class MapSignal(ArraySignal):
+    """The counts map, whose data key also declares its axes (:func:`map_axes`).
+
+    The axes come from the parent spectrometer's ``config``, so the event
+    descriptor says which |Q| and energy each bin of the map stands for.
+    """
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """:class:`ArraySignal`'s data key plus ``dims`` and ``coords`` of the map."""
+        description = super().describe()
+        config = getattr(self.parent, "config", None)
+        if config is not None:
+            description[self.name].update(map_axes(config))
+        return description
+
+
 class SpinWaveSample(Device):
     """The sample, holding the hidden exchange constants (J1, J2, D) in meV.
 
@@ -611,14 +650,16 @@ class SpinWaveSpectrometer(Device):
     Settings: ``ei`` (meV), ``temperature`` (K) and ``counting_time`` (s), positioners
     that refuse out-of-range targets. Triggering computes a Poisson-noisy counts map
     ``sqw`` (read key ``<name>_sqw``, float32, shape (n_q, n_e)) with the same code
-    as :func:`simulate`. The hidden truth is drawn from the config ranges with
-    ``seed`` unless ``truth`` = (J1, J2, D) is given.
+    as :func:`simulate`; its data key declares the axes, ``dims`` ["q", "energy"]
+    and ``coords`` (bin centres in 1/angstrom and meV, :func:`map_axes`). The hidden
+    truth is drawn from the config ranges with ``seed`` unless ``truth`` = (J1, J2, D)
+    is given.
     """
 
     ei = Cpt(LimitedPositioner, limits=EI_LIMITS, egu="meV", init_pos=20.0)
     temperature = Cpt(LimitedPositioner, limits=TEMPERATURE_LIMITS, egu="K", init_pos=5.0)
     counting_time = Cpt(LimitedPositioner, limits=COUNTING_TIME_LIMITS, egu="s", init_pos=600.0)
-    sqw = Cpt(ArraySignal, kind="hinted", units="counts")
+    sqw = Cpt(MapSignal, kind="hinted", units="counts")
     sample = Cpt(SpinWaveSample)
 
     def __init__(

@@ -14,14 +14,14 @@ distribution is not flagged by it.)
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from smartlab_plugins.devices.dataset import SimulatedSet
-from smartlab_plugins.models.preprocessing import log_binned_zscore
+from smartlab_plugins.models.preprocessing import bin_widths, log_binned_zscore, regrid_counts
 from smartlab_plugins.models.training import Split
 
 NAME = "spinwave_cnn"
@@ -50,6 +50,173 @@ def preprocess(maps: np.ndarray) -> np.ndarray:
     if maps.ndim != 3 or maps.shape[1:] != FIELD_SHAPE:
         raise ValueError(f"expected maps of shape (n, 96, 160), got {maps.shape}")
     return log_binned_zscore(maps, (2, 2))
+
+
+#: The map's axes in the order the model reads them, with the units it was trained in.
+AXES = ("q", "energy")
+AXIS_UNITS = {"q": "1/angstrom", "energy": "meV"}
+AXIS_LABELS = {"q": "|Q|", "energy": "energy"}
+#: Units a declared axis may have, with the factor that converts them to ``AXIS_UNITS``.
+UNIT_FACTORS = {
+    "q": {
+        **dict.fromkeys(("1/angstrom", "angstrom^-1", "1/Å", "Å^-1", "Å-1", "1/A", "A^-1"), 1.0),
+        **dict.fromkeys(("1/nm", "nm^-1"), 0.1),
+    },
+    "energy": {"meV": 1.0, "ueV": 1e-3, "µeV": 1e-3, "μeV": 1e-3, "eV": 1e3},
+}
+#: A declared bin this much wider than the training bins makes the grid "coarser".
+COARSER_TOLERANCE = 1.01
+
+
+def training_axes(generator_config: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Bin centres of the grid the model was trained on, by axis (1/angstrom and meV).
+
+    From the generator configuration in the model card (``q_min``, ``q_max``,
+    ``n_q``, ``e_min``, ``e_max``, ``n_e``); missing keys take
+    :class:`~smartlab_plugins.devices.ins.SpinWaveConfig`'s defaults.
+    """
+    from smartlab_plugins.devices.ins import SpinWaveConfig
+
+    config = asdict(SpinWaveConfig()) | dict(generator_config or {})
+    q = np.linspace(float(config["q_min"]), float(config["q_max"]), int(config["n_q"]) + 1)
+    e = np.linspace(float(config["e_min"]), float(config["e_max"]), int(config["n_e"]) + 1)
+    return {"q": 0.5 * (q[1:] + q[:-1]), "energy": 0.5 * (e[1:] + e[:-1])}
+
+
+def declared_axes(
+    data_key: dict[str, Any], field: str, shape: tuple[int, ...]
+) -> tuple[dict[str, np.ndarray], tuple[str, ...]] | None:
+    """The bin centres a map's data key declares, in ``AXIS_UNITS``, and its ``dims`` order.
+
+    None when the data key has no ``coords``. Raises ValueError naming ``field``
+    when the declaration cannot be used: ``dims`` (default ``["q", "energy"]``)
+    whose last two entries are not ``q`` and ``energy``, an axis missing from
+    ``coords``, values that are not a strictly monotonic list of one finite
+    number per bin of the map's ``shape``, or units other than those in
+    :data:`UNIT_FACTORS`.
+    """
+    coords = data_key.get("coords")
+    if not coords:
+        return None
+    dims = tuple(data_key.get("dims") or AXES)[-2:]
+    if sorted(dims) != sorted(AXES) or len(shape) < 2:
+        raise ValueError(
+            f"field {field!r} declares dims {list(data_key.get('dims') or [])}; "
+            f"expected the last two to be {list(AXES)} (in either order)"
+        )
+    axes: dict[str, np.ndarray] = {}
+    for dim, size in zip(dims, shape[-2:], strict=True):
+        entry = coords.get(dim) if isinstance(coords, dict) else None
+        if not isinstance(entry, dict) or "values" not in entry:
+            raise ValueError(f"field {field!r} declares coords without values for axis {dim!r}")
+        units = entry.get("units")
+        if units not in UNIT_FACTORS[dim]:
+            raise ValueError(
+                f"field {field!r} declares axis {dim!r} in units {units!r}; expected one of "
+                f"{sorted(UNIT_FACTORS[dim])}"
+            )
+        try:
+            values = np.asarray(entry["values"], dtype=np.float64) * UNIT_FACTORS[dim][units]
+        except (TypeError, ValueError):
+            raise ValueError(f"field {field!r} declares non-numeric coords for {dim!r}") from None
+        steps = np.diff(values)
+        monotonic = (steps > 0).all() or (steps < 0).all()
+        if values.shape != (size,) or not np.isfinite(values).all() or not monotonic:
+            raise ValueError(
+                f"field {field!r} declares {values.size} coords for axis {dim!r} of {size} bins; "
+                "expected one finite bin centre per bin, strictly increasing or decreasing"
+            )
+        axes[dim] = values
+    return axes, dims
+
+
+@dataclass(frozen=True)
+class Regridding:
+    """How a map with declared axes reaches the training grid (see :func:`plan_regrid`)."""
+
+    source: dict[str, np.ndarray]  # declared bin centres by axis, in AXIS_UNITS
+    dims: tuple[str, ...]  # the declared order of the map's last two axes
+    target: dict[str, np.ndarray]  # training bin centres
+    identity: bool  # the declared grid is the training grid: nothing to do
+    partial: list[str]  # why the coverage is only partial (empty when complete)
+
+    def apply(self, maps: np.ndarray) -> np.ndarray:
+        """Maps (n, rows, columns) on the declared grid to (n, n_q, n_e) on the training grid."""
+        maps = np.asarray(maps)
+        if self.dims != AXES:
+            maps = np.swapaxes(maps, -1, -2)
+        if self.identity:
+            return maps
+        return regrid_counts(
+            maps,
+            (self.source["q"], self.source["energy"]),
+            (self.target["q"], self.target["energy"]),
+        )
+
+
+def _span(values: np.ndarray, units: str) -> str:
+    return f"{values.min():.4g} to {values.max():.4g} {units}"
+
+
+def plan_regrid(
+    axes: dict[str, np.ndarray],
+    dims: tuple[str, ...],
+    target: dict[str, np.ndarray],
+    field: str,
+    plugin: str = NAME,
+) -> Regridding:
+    """Check that declared bin centres cover the training grid, and say how to map onto it.
+
+    Needed, per axis: the training bin centres (the points the map is
+    interpolated at). Declared: the extent of the declared bins, half a bin
+    beyond the outer centres. A map whose declared extent misses a needed
+    centre is refused with a ValueError naming the field, the declared and the
+    needed range. Coverage is partial, and the reasons listed, when a needed
+    centre lies beyond the outer declared centres (inside the outer half bin,
+    where the outer bin's value is used), when the declared bins are wider
+    than the training bins (the map has less detail than the model learned from),
+    or narrower (the counts per bin are rescaled, so their noise and the
+    simulator's per-bin background differ from the training maps'): more than
+    1% either way.
+    """
+    partial: list[str] = []
+    for dim in AXES:
+        source, needed = axes[dim], target[dim]
+        widths = bin_widths(source)
+        lo = min(source[0] - widths[0] / 2, source[-1] - widths[-1] / 2)
+        hi = max(source[0] + widths[0] / 2, source[-1] + widths[-1] / 2)
+        step = float(np.min(bin_widths(needed)))
+        slack = 1e-6 * step
+        units, label = AXIS_UNITS[dim], AXIS_LABELS[dim]
+        if lo > needed.min() + slack or hi < needed.max() - slack:
+            edges = needed.min() - step / 2, needed.max() + step / 2
+            raise ValueError(
+                f"{plugin}: field {field!r} covers {label} {lo:.4g} to {hi:.4g} {units} "
+                f"(its declared bins) but the model needs {_span(needed, units)} (the centres "
+                f"of its training bins, {edges[0]:.4g} to {edges[1]:.4g} {units}); "
+                "the map is not analysed"
+            )
+        if source.min() > needed.min() + slack or source.max() < needed.max() - slack:
+            partial.append(
+                f"{label} centres {_span(source, units)} only just cover the needed "
+                f"{_span(needed, units)}"
+            )
+        if widths.max() > COARSER_TOLERANCE * step:
+            partial.append(
+                f"{label} bins {widths.max():.4g} {units} wide, coarser than the training "
+                f"bins ({step:.4g} {units})"
+            )
+        elif widths.min() < step / COARSER_TOLERANCE:
+            partial.append(
+                f"{label} bins {widths.min():.4g} {units} wide, finer than the training "
+                f"bins ({step:.4g} {units}): counts per bin rescaled"
+            )
+    identity = all(
+        len(axes[d]) == len(target[d])
+        and np.allclose(axes[d], target[d], rtol=0, atol=1e-6 * np.min(bin_widths(target[d])))
+        for d in AXES
+    )
+    return Regridding(axes, tuple(dims), target, identity, partial)
 
 
 class SpinWaveTask:

@@ -377,6 +377,11 @@ def test_describe_and_hidden_truth() -> None:
     desc = device.describe()["ins_sqw"]
     assert desc["shape"] == [96, 160] and desc["dtype"] == "array"
     assert desc["dtype_numpy"] == "<f4"
+    assert desc["dims"] == ["q", "energy"]
+    assert desc["coords"]["q"]["units"] == "1/angstrom"
+    assert desc["coords"]["energy"]["units"] == "meV"
+    np.testing.assert_allclose(desc["coords"]["q"]["values"], ins.q_axis(CONFIG))
+    np.testing.assert_allclose(desc["coords"]["energy"]["values"], ins.energy_axis(CONFIG))
     assert set(device.read()) == {"ins_sqw", "ins_ei", "ins_temperature", "ins_counting_time"}
     truth = device.sample.truth
     assert CONFIG.j1_range[0] <= truth["j1"] <= CONFIG.j1_range[1]
@@ -422,3 +427,4 @@ def test_scan_and_count_in_run_engine() -> None:
     assert maps[2][:, low].sum() > maps[0][:, low].sum()
     descriptor = next(doc for name, doc in docs if name == "descriptor")
     assert descriptor["data_keys"]["ins_sqw"]["shape"] == [96, 160]
+    assert descriptor["data_keys"]["ins_sqw"]["dims"] == ["q", "energy"]
