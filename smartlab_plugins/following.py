@@ -65,7 +65,8 @@ class _ResyncingTableSubscription(TableSubscription):
     Tiled resumes a dropped subscription from the last message's sequence
     number, which a restarted server no longer knows; reading the table on
     connecting covers that and a follower that starts mid-run. (Hooks
-    ``_connect``, a private method of tiled 0.2.20's ``Subscription``, pinned.)
+    ``_connect`` and reads ``_disconnect_event``, private to tiled 0.2.20's ``Subscription``,
+    pinned.)
     """
 
     def __init__(self, node: Any, on_connect: Callable[[], None]) -> None:
@@ -77,7 +78,12 @@ class _ResyncingTableSubscription(TableSubscription):
         self.settled = False
 
     def _connect(self, start: int | None = None, max_size: int = 1_000_000) -> None:
-        super()._connect(None, max_size=max_size)  # from now: the read covers what came before
+        try:
+            super()._connect(None, max_size=max_size)  # from now: the read covers what came before
+        except RuntimeError as exc:  # "Cannot be restarted once stopped": closed while
+            if self._disconnect_event.is_set():  # tiled's client was reconnecting; its loop
+                raise OSError(f"closed while reconnecting: {exc}") from exc  # ends on OSError
+            raise
         self.connected_at = time.monotonic()
         self.settled = False
         try:
