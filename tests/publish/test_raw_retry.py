@@ -48,7 +48,10 @@ def test_a_batch_refused_half_way_is_written_again_without_repeats(
     writer.close()
 
     assert done and failures == 0
-    assert calls["refused"] == 1 and calls["patches"] > 3  # refused once, in a later batch
+    # Refused once, in a later batch, then written again: at least the refused
+    # request's retry follows it (on a busy machine the other events may all
+    # come in that same batch, so nothing more need follow).
+    assert calls["refused"] == 1 and calls["patches"] >= 3
     primary = tiled_server.client()[f"{uid}/primary"]
     for field in ("beam_image", "beam_profile"):
         assert primary[field].shape[0] == 12, field
