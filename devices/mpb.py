@@ -39,8 +39,10 @@ CASE: Final = "mpb"
 RHOMBOHEDRAL: Final = 0
 MONOCLINIC: Final = 1
 TETRAGONAL: Final = 2
-MIXTURE: Final = 3
-PHASE_NAMES: Final = ("rhombohedral", "monoclinic", "tetragonal", "mixture")
+CUBIC: Final = 3
+MIXTURE: Final = 4
+PHASE_NAMES: Final = ("rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture")
+N_PHASES: Final = 4  # pure phases (R, M, T, C); MIXTURE is a label, not a phase
 PURE_THRESHOLD: Final = 0.9  # a frame is labelled pure when one phase holds >= 90 %
 
 # --- reflections: one of each Friedel pair (+-hkl) of the pseudo-cubic families -----------
@@ -66,27 +68,47 @@ FAMILY_OF: Final = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
 FAMILY_MEMBERS: Final = np.array([4, 3, 6])  # members per family (Friedel pairs merged)
 FAMILY_STRENGTH: Final = np.array([1.0, 1.6, 2.6])  # lumped |F|^2 per family (relative)
 
-# --- phase diagram ------------------------------------------------------------------------
+# --- phase diagram (published PZT; docs/devices/mpb.md gives the sources) -----------------
 COMPOSITION_LIMITS: Final = (0.0, 1.0)  # Ti fraction x
-TEMPERATURE_LIMITS: Final = (100.0, 500.0)  # K: ferroelectric, above tilted (R3c/Cc) phases
+TEMPERATURE_LIMITS: Final = (100.0, 800.0)  # K: above the tilted (R3c/Cc) phases' range
 T_REF: Final = 300.0  # K
-X_MPB_REF: Final = 0.475  # x_MPB at T_REF
-MPB_SLOPE: Final = 2.5e-5  # 1/K: x_MPB moves from 0.470 (100 K) to 0.480 (500 K)
-MONOCLINIC_WIDTH: Final = 0.03  # width w of the monoclinic band in x
+# Curie line T_C(x) = c0 + c1 x + c2 x^2 (K), through PbZrO3 230 C, the MPB (x = 0.48)
+# 386 C and PbTiO3 490 C (Jaffe, Cook & Jaffe, Piezoelectric Ceramics, 1971)
+CURIE_COEFFICIENTS: Final = (503.0, 385.0, -125.0)
+CURIE_WIDTH: Final = 4.0  # K, rms spread of the local T_C (composition spread, diffuseness)
+# monoclinic band (Noheda et al., PRB 63, 014103 (2001)): centre x_c(T) from 0.49 at 20 K to
+# 0.465 at 300 K (constant above), width w(T) from 0.06 at 20 K to 0 at 400 K
+MPB_CENTRE_LOW_T: Final = (20.0, 0.49)  # (K, x)
+MPB_CENTRE_ROOM_T: Final = (300.0, 0.465)  # (K, x); constant above
+MONOCLINIC_WIDTH_LOW_T: Final = 0.06  # w at 20 K (Ti fraction)
+MONOCLINIC_CLOSES: Final = 400.0  # K: w = 0 at and above (R and T meet directly)
 COMPOSITION_SPREAD: Final = 0.004  # sigma of the local composition inside one sample
 
 # --- lattice parameters -------------------------------------------------------------------
-A_PC_0: Final = 4.115  # Angstrom, pseudo-cubic a = cube root of volume per formula unit, x=0
-A_PC_SLOPE: Final = -0.13  # Angstrom per unit x
+# pseudo-cubic a_pc (cube root of the volume per formula unit) at 300 K, linear in x between
+# PbZrO3 (4.144 A, Pbam cell 5.88 x 11.78 x 8.22 A, Z = 8) and PbTiO3 (3.986 A, a = 3.904 A,
+# c = 4.152 A: Shirane, Pepinsky & Frazer, Acta Cryst. 9, 131 (1956))
+A_PC_0: Final = 4.144  # Angstrom at x = 0
+A_PC_SLOPE: Final = -0.158  # Angstrom per unit x
 THERMAL_EXPANSION: Final = 6e-6  # 1/K
-TETRAGONALITY_MPB: Final = 0.02  # c/a - 1 of the tetragonal phase at the boundary (300 K)
-TETRAGONALITY_SLOPE: Final = 0.085  # growth of c/a - 1 per unit (x - x_MPB)
-SHEAR_MPB: Final = 0.30  # deg, 90 - alpha of the rhombohedral phase at the boundary (300 K)
-SHEAR_SLOPE: Final = 1.2  # deg per unit (x_MPB - x)
-STRAIN_T_SCALE: Final = 1000.0  # K: spontaneous strains scale as 1 - (T - T_REF)/STRAIN_T_SCALE
-MONO_TETRAGONALITY: Final = (0.25, 0.75)  # M c/a - 1 as fraction of boundary T value, t=0..1
-MONO_SHEAR: Final = (0.75, 0.25)  # M 90 - alpha as fraction of boundary R value, t=0..1
-MONO_GAMMA_RATIO: Final = (0.75, 0.25)  # M (90 - gamma) / (90 - alpha) = u/v of P ~ [u u v]
+# tetragonal c/a - 1 at 300 K: 0.023 at x = 0.48 (Noheda et al., PRB 61, 8687 (2000):
+# a = 4.046 A, c = 4.139 A at 325 K) to 0.063 at x = 1 (PbTiO3)
+TETRAGONALITY_AT: Final = (0.48, 0.023)  # (x, c/a - 1)
+TETRAGONALITY_SLOPE: Final = 0.077  # per unit x
+TETRAGONALITY_FLOOR: Final = 0.015  # c/a - 1 never falls below this on the Zr-rich side
+# rhombohedral 90 - alpha (deg) at 300 K: ~0.25 deg next to the boundary, growing towards
+# PbZrO3 (alpha ~ 89.5-89.8 deg across the R3m field)
+SHEAR_AT_BOUNDARY: Final = 0.25  # deg
+SHEAR_SLOPE: Final = 0.7  # deg per unit (x_c - x)
+# monoclinic Cm (M_A) cell of PbZr0.52Ti0.48O3 at 20 K (Noheda et al., PRB 61, 8687 (2000)):
+# a_m = 5.72204, b_m = 5.70957, c_m = 4.13651 A, beta = 90.498 deg; in the pseudo-cubic
+# setting a = b = 4.0417 A, c/a - 1 = 0.0235, 90 - alpha = 90 - beta = 0.353 deg,
+# 90 - gamma = 0.125 deg (:func:`monoclinic_from_cm`)
+NOHEDA_CM_CELL: Final = (5.72204, 5.70957, 4.13651, 90.498)  # a_m, b_m, c_m (A), beta (deg)
+MONO_SHEAR_ACROSS: Final = (1.25, 0.75)  # M shear relative to Noheda's, R side to T side
+MONO_TETRAGONALITY_ACROSS: Final = (0.85, 1.0)  # M c/a - 1 relative to T's, R to T side
+# spontaneous strain ~ P^2 ~ (T_C - T)^(1/2) (tricritical Landau), saturating below T_SAT
+STRAIN_SATURATION: Final = 200.0  # K
 
 # --- detector -----------------------------------------------------------------------------
 DETECTOR_SHAPE: Final = (97, 243)  # rows, columns: a Pilatus 100K binned 2 x 2
@@ -105,11 +127,15 @@ class MPBConfig:
     temperature_range: tuple[float, float] = TEMPERATURE_LIMITS  # K, drawn by simulate()
     near_boundary_fraction: float = 0.0  # share of samples drawn within the band below
     near_boundary_halfwidth: float = 0.05  # |x - x_MPB(T)| limit of the oversampled band
+    near_curie_fraction: float = 0.0  # share of samples drawn within the band below
+    near_curie_halfwidth: float = 60.0  # K, |T - T_C(x)| limit of the oversampled band
     wavelength: float = 1.5406  # Angstrom (Cu K-alpha1)
     distance: float = 130.0  # mm, sample to detector centre, along the detector normal
     arm_two_theta: float = 53.0  # deg, 2-theta of the detector normal (detector arm)
     pixel_size: float = 0.344  # mm (Pilatus 0.172 mm pixels binned 2 x 2)
     beam_jitter: float = 1.5  # px, rms shift of the beam centre per frame (clipped at 3 rms)
+    distance_range: tuple[float, float] | None = None  # mm: drawn per chunk by simulate()
+    arm_range: tuple[float, float] | None = None  # deg: drawn per chunk by simulate()
     caglioti_uvw: tuple[float, float, float] = (0.02, -0.005, 0.03)  # deg^2, instrumental
     scherrer_k: float = 0.9  # Scherrer shape factor
     crystallite_size_range: tuple[float, float] = (50.0, 200.0)  # nm
@@ -128,10 +154,16 @@ class MPBConfig:
     def __post_init__(self) -> None:
         _check_range("x_range", self.x_range, COMPOSITION_LIMITS)
         _check_range("temperature_range", self.temperature_range, TEMPERATURE_LIMITS)
-        if not 0.0 <= self.near_boundary_fraction <= 1.0:
+        shares = self.near_boundary_fraction, self.near_curie_fraction
+        if not (min(shares) >= 0.0 and sum(shares) <= 1.0):
             raise ValueError(
-                f"near_boundary_fraction={self.near_boundary_fraction} must be in [0, 1]"
+                f"near_boundary_fraction={self.near_boundary_fraction} and near_curie_fraction="
+                f"{self.near_curie_fraction} must be >= 0 with a sum <= 1"
             )
+        for name in ("distance_range", "arm_range"):
+            drawn = getattr(self, name)
+            if drawn is not None and not 0 < drawn[0] <= drawn[1]:
+                raise ValueError(f"{name}={drawn} must satisfy 0 < low <= high")
         for name in ("wavelength", "distance", "pixel_size", "count_time", "flux"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
@@ -149,34 +181,58 @@ def _check_range(name: str, value: tuple[float, float], limits: tuple[float, flo
 # =========================================================================================
 # Phase diagram
 # =========================================================================================
+def curie_temperature(x: np.ndarray | float) -> np.ndarray:
+    """T_C(x) (K): the Curie line above which the perovskite is cubic (paraelectric)."""
+    c0, c1, c2 = CURIE_COEFFICIENTS
+    x = np.asarray(x, dtype=float)
+    return c0 + c1 * x + c2 * x**2
+
+
 def mpb_composition(temperature: np.ndarray | float) -> np.ndarray:
-    """x_MPB(T): Ti fraction at the centre of the monoclinic band; T in K."""
-    return X_MPB_REF + MPB_SLOPE * (np.asarray(temperature, dtype=float) - T_REF)
+    """x_c(T): Ti fraction at the centre of the monoclinic band (the MPB); T in K.
+
+    Linear from 0.49 at 20 K to 0.465 at 300 K, constant above (the R|T boundary).
+    """
+    (t_low, x_low), (t_room, x_room) = MPB_CENTRE_LOW_T, MPB_CENTRE_ROOM_T
+    t = np.clip(np.asarray(temperature, dtype=float), t_low, t_room)
+    return x_low + (x_room - x_low) * (t - t_low) / (t_room - t_low)
+
+
+def monoclinic_width(temperature: np.ndarray | float) -> np.ndarray:
+    """w(T): width in x of the monoclinic band, 0.06 at 20 K shrinking to 0 at 400 K."""
+    t_low = MPB_CENTRE_LOW_T[0]
+    t = np.asarray(temperature, dtype=float)
+    share = (MONOCLINIC_CLOSES - t) / (MONOCLINIC_CLOSES - t_low)
+    return MONOCLINIC_WIDTH_LOW_T * np.clip(share, 0.0, 1.0)
 
 
 def boundary_offset(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
-    """Signed distance delta = x - x_MPB(T) to the phase boundary (units of x)."""
+    """Signed distance delta = x - x_c(T) to the centre of the phase boundary (units of x)."""
     return np.asarray(x, dtype=float) - mpb_composition(temperature)
 
 
 def phase_fractions(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
-    """Volume fractions (R, M, T) of a sample of nominal composition x at temperature T (K).
+    """Volume fractions (R, M, T, C) of a sample of nominal composition x at temperature T (K).
 
-    The local composition is Gaussian about x with rms ``COMPOSITION_SPREAD``; each
-    region takes the phase of the sharp diagram (R below x_MPB - w/2, M within w/2,
-    T above x_MPB + w/2), so f_R = Phi((-w/2 - delta)/s), f_T = Phi((delta - w/2)/s).
-    Returns shape ``x.shape + (3,)``; rows sum to 1.
+    The local composition is Gaussian about x with rms ``COMPOSITION_SPREAD`` and the
+    local Curie temperature Gaussian about T_C(x) with rms ``CURIE_WIDTH``.  Above its
+    T_C a region is cubic: f_C = Phi((T - T_C(x)) / sigma_C).  Below, it takes the phase
+    of the sharp diagram (R below x_c - w/2, M within w/2, T above x_c + w/2), so
+    f_R = (1 - f_C) Phi((-w/2 - delta)/s), f_T = (1 - f_C) Phi((delta - w/2)/s).
+    Returns shape ``x.shape + (4,)``; rows sum to 1.
     """
     delta = boundary_offset(x, temperature)
-    half = MONOCLINIC_WIDTH / 2
+    half = monoclinic_width(temperature) / 2
+    f_c = ndtr((np.asarray(temperature, dtype=float) - curie_temperature(x)) / CURIE_WIDTH)
     f_r = ndtr((-half - delta) / COMPOSITION_SPREAD)
     f_t = ndtr((delta - half) / COMPOSITION_SPREAD)
     f_m = np.clip(1.0 - f_r - f_t, 0.0, 1.0)
-    return np.stack([f_r, f_m, f_t], axis=-1)
+    ferroic = 1.0 - f_c
+    return np.stack([f_r * ferroic, f_m * ferroic, f_t * ferroic, f_c], axis=-1)
 
 
 def phase_label(fractions: np.ndarray, threshold: float = PURE_THRESHOLD) -> np.ndarray:
-    """Class label: the majority phase (0 R, 1 M, 2 T) if its fraction >= threshold, else 3."""
+    """Class label: the majority phase (0 R, 1 M, 2 T, 3 C) if its fraction >= threshold, else 4."""
     fractions = np.asarray(fractions)
     major = np.argmax(fractions, axis=-1)
     pure = np.max(fractions, axis=-1) >= threshold
@@ -184,24 +240,50 @@ def phase_label(fractions: np.ndarray, threshold: float = PURE_THRESHOLD) -> np.
 
 
 def label_boundaries(temperature: np.ndarray | float) -> np.ndarray:
-    """The four compositions where :func:`phase_label` changes at temperature T (K).
+    """The four compositions where :func:`phase_label` changes below T_C at temperature T (K).
 
     In order R|mixture, mixture|M, M|mixture, mixture|T:
-    x_MPB(T) + (-w/2 - z s, -w/2 + z s, w/2 - z s, w/2 + z s), z = Phi^-1(threshold).
-    Exact up to the other boundary's tail (Phi(-w/s) ~ 1e-14).  Shape ``T.shape + (4,)``.
+    x_c(T) + (-w/2 - z s, -w/2 + z s, w/2 - z s, w/2 + z s), z = Phi^-1(threshold).
+    When w(T) < 2 z s the middle two cross: there is no monoclinic label at that T.
+    Exact away from the Curie line up to the other boundary's tail.  Shape ``T.shape + (4,)``.
     """
     z = float(ndtri(PURE_THRESHOLD)) * COMPOSITION_SPREAD
-    half = MONOCLINIC_WIDTH / 2
-    offsets = np.array([-half - z, -half + z, half - z, half + z])
+    half = monoclinic_width(temperature)[..., None] / 2
+    offsets = np.concatenate([-half - z, -half + z, half - z, half + z], axis=-1)
     return mpb_composition(temperature)[..., None] + offsets
+
+
+def label_margins(
+    x: np.ndarray | float, temperature: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """How far a sample is from a label change: (in composition, in temperature).
+
+    The composition margin is |x - b| to the nearest of :func:`label_boundaries`
+    (inf for a cubic sample, whose label does not change with x there); the
+    temperature margin is |T - T_C(x)| (K).  "Away from the boundaries" in the model
+    card means both margins are large.
+    """
+    x = np.asarray(x, dtype=float)
+    temperature = np.broadcast_to(np.asarray(temperature, dtype=float), x.shape)
+    bounds = label_boundaries(temperature)
+    margin_x = np.min(np.abs(x[..., None] - bounds), axis=-1)
+    margin_t = np.abs(temperature - curie_temperature(x))
+    cubic = temperature > curie_temperature(x)
+    return np.where(cubic, np.inf, margin_x), margin_t
 
 
 # =========================================================================================
 # Lattice parameters and d-spacings
 # =========================================================================================
-def strain_scale(temperature: np.ndarray | float) -> np.ndarray:
-    """Factor (dimensionless) by which spontaneous strains shrink on heating; 1 at 300 K."""
-    return 1.0 - (np.asarray(temperature, dtype=float) - T_REF) / STRAIN_T_SCALE
+def strain_scale(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
+    """Spontaneous strain relative to 300 K: sqrt((T_C - T') / (T_C - 300 K)), 0 above T_C.
+
+    Strain ~ P^2 and P^2 ~ (T_C - T)^(1/2) at a tricritical Landau transition;
+    T' = max(T, 200 K), as the measured strains level off at low temperature.
+    """
+    t_c = curie_temperature(x)
+    t = np.maximum(np.asarray(temperature, dtype=float), STRAIN_SATURATION)
+    return np.sqrt(np.clip(t_c - t, 0.0, None) / (t_c - T_REF))
 
 
 def pseudo_cubic_a(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
@@ -212,15 +294,34 @@ def pseudo_cubic_a(x: np.ndarray | float, temperature: np.ndarray | float) -> np
 
 
 def tetragonality(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
-    """c/a - 1 of the tetragonal phase: grows linearly with x - x_MPB (constant below it)."""
-    delta = np.maximum(boundary_offset(x, temperature), 0.0)
-    return (TETRAGONALITY_MPB + TETRAGONALITY_SLOPE * delta) * strain_scale(temperature)
+    """c/a - 1 of the tetragonal phase: linear in x at 300 K, times :func:`strain_scale`."""
+    x_at, eta_at = TETRAGONALITY_AT
+    eta300 = np.maximum(eta_at + TETRAGONALITY_SLOPE * (np.asarray(x, float) - x_at), 0.0)
+    return np.maximum(eta300, TETRAGONALITY_FLOOR) * strain_scale(x, temperature)
 
 
 def rhombohedral_shear(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
-    """90 deg - alpha (deg) of the rhombohedral phase: grows linearly with x_MPB - x."""
+    """90 deg - alpha (deg) of the rhombohedral phase: grows linearly with x_c - x."""
     delta = np.maximum(-boundary_offset(x, temperature), 0.0)
-    return (SHEAR_MPB + SHEAR_SLOPE * delta) * strain_scale(temperature)
+    return (SHEAR_AT_BOUNDARY + SHEAR_SLOPE * delta) * strain_scale(x, temperature)
+
+
+def monoclinic_from_cm(
+    a_m: float, b_m: float, c_m: float, beta: float
+) -> tuple[float, float, float, float]:
+    """A Cm (M_A) cell in its pseudo-cubic setting: (a_pc, c/a - 1, 90 - alpha, 90 - gamma).
+
+    a_pc = (a_m + b_m)/2 and (a_m - b_m)/2 with a_m ⊥ b_m, c_pc = c_m:
+    |a_pc| = sqrt(a_m^2 + b_m^2)/2, cos(gamma) = (a_m^2 - b_m^2)/(a_m^2 + b_m^2),
+    cos(alpha) = cos(beta_pc) = c_m a_m cos(beta) / (2 |a_pc| c_m).  Angles in deg, the
+    shear's sign folded to the setting used here (alpha, gamma < 90 deg).
+    """
+    a_pc = math.hypot(a_m, b_m) / 2
+    cos_gamma = (a_m**2 - b_m**2) / (a_m**2 + b_m**2)
+    cos_alpha = a_m * math.cos(math.radians(beta)) / (2 * a_pc)
+    shear = abs(90.0 - math.degrees(math.acos(cos_alpha)))
+    shear_gamma = abs(90.0 - math.degrees(math.acos(cos_gamma)))
+    return a_pc, c_m / a_pc - 1.0, shear, shear_gamma
 
 
 def monoclinic_strains(
@@ -228,29 +329,34 @@ def monoclinic_strains(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(c/a - 1, 90 - alpha, 90 - gamma), angles in deg, of the monoclinic M_A phase.
 
-    With t = clip((delta + w/2)/w, 0, 1) running across the band, c/a - 1 and
-    90 - alpha interpolate linearly between fractions of the boundary values of T and
-    R (``MONO_TETRAGONALITY``, ``MONO_SHEAR``): the polarisation P ~ [u u v] rotates
-    from [111] towards [001].  The in-plane shear follows the electrostrictive ratio
-    (90 - gamma)/(90 - alpha) = u/v (``MONO_GAMMA_RATIO``).  M stays distinct from both
-    neighbours (first-order jumps at the band edges).
+    Anchored on Noheda's Cm cell (:data:`NOHEDA_CM_CELL`, PbZr0.52Ti0.48O3 at 20 K):
+    with t = clip((delta + w/2)/w, 0, 1) running across the band from the R side, the
+    shear is Noheda's times 1.25 -> 0.75 and c/a - 1 is the tetragonal phase's times
+    0.85 -> 1 (the polarisation P ~ [u u v] rotates from [111] towards [001]), both
+    scaled to temperature like every spontaneous strain; 90 - gamma keeps Noheda's
+    ratio to 90 - alpha.  M stays distinct from both neighbours (first-order edges).
     """
-    t = np.clip((boundary_offset(x, temperature) + MONOCLINIC_WIDTH / 2) / MONOCLINIC_WIDTH, 0, 1)
-    scale = strain_scale(temperature)
-    eta = TETRAGONALITY_MPB * scale * np.interp(t, (0.0, 1.0), MONO_TETRAGONALITY)
-    shear = SHEAR_MPB * scale * np.interp(t, (0.0, 1.0), MONO_SHEAR)
-    return eta, shear, shear * np.interp(t, (0.0, 1.0), MONO_GAMMA_RATIO)
+    width = np.maximum(monoclinic_width(temperature), 1e-9)
+    t = np.clip((boundary_offset(x, temperature) + width / 2) / width, 0, 1)
+    _, _, shear_ref, gamma_ref = monoclinic_from_cm(*NOHEDA_CM_CELL)
+    x_ref = TETRAGONALITY_AT[0]
+    at_reference = float(strain_scale(x_ref, MPB_CENTRE_LOW_T[0]))
+    scale = strain_scale(x, temperature) / at_reference
+    eta = tetragonality(x, temperature) * np.interp(t, (0.0, 1.0), MONO_TETRAGONALITY_ACROSS)
+    shear = shear_ref * scale * np.interp(t, (0.0, 1.0), MONO_SHEAR_ACROSS)
+    return eta, shear, shear * (gamma_ref / shear_ref)
 
 
 def lattice_parameters(x: np.ndarray | float, temperature: np.ndarray | float) -> np.ndarray:
-    """Pseudo-cubic cell (a, b, c in Angstrom; alpha, beta, gamma in deg) of R, M and T.
+    """Pseudo-cubic cell (a, b, c in Angstrom; alpha, beta, gamma in deg) of R, M, T and C.
 
-    Shape ``x.shape + (3, 6)``, phases in label order (R, M, T).  All three keep the
+    Shape ``x.shape + (4, 6)``, phases in label order (R, M, T, C).  All keep the
     volume a_pc^3 (to first order):
     R: a = b = c = a_pc, alpha = beta = gamma = 90 - shear_R;
     M: a = b = a_pc (1 + eta_M)^(-1/3), c = a (1 + eta_M), alpha = beta, gamma
     (:func:`monoclinic_strains`);
-    T: a = b = a_pc (1 + eta_T)^(-1/3), c = a (1 + eta_T), right angles.
+    T: a = b = a_pc (1 + eta_T)^(-1/3), c = a (1 + eta_T), right angles;
+    C: a = b = c = a_pc, right angles.
     """
     x, temperature = np.broadcast_arrays(np.asarray(x, float), np.asarray(temperature, float))
     a_pc = pseudo_cubic_a(x, temperature)
@@ -264,6 +370,7 @@ def lattice_parameters(x: np.ndarray | float, temperature: np.ndarray | float) -
         (a_pc, a_pc, a_pc, alpha_r, alpha_r, alpha_r),
         (a_m, a_m, a_m * (1 + eta_m), 90 - shear_m, 90 - shear_m, 90 - shear_gamma),
         (a_t, a_t, a_t * (1 + eta_t), right, right, right),
+        (a_pc, a_pc, a_pc, right, right, right),
     ]
     return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
 
@@ -334,7 +441,7 @@ def lorentz_polarisation(two_theta: np.ndarray) -> np.ndarray:
 
 
 def reflection_positions(x: np.ndarray, temperature: np.ndarray, config: MPBConfig) -> np.ndarray:
-    """2-theta (deg) of every reflection member of every phase, shape (n, 3 phases, 13)."""
+    """2-theta (deg) of every reflection member of every phase, shape (n, 4 phases, 13)."""
     return bragg_two_theta(d_spacings(lattice_parameters(x, temperature)), config.wavelength)
 
 
@@ -346,7 +453,7 @@ def _detector_axes(config: MPBConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
     arm = np.radians(config.arm_two_theta)
     normal = np.array([np.sin(arm), 0.0, np.cos(arm)])
     col_axis = np.array([np.cos(arm), 0.0, -np.sin(arm)])  # columns: increasing 2-theta
-    row_axis = np.array([0.0, -1.0, 0.0])  # rows: downwards
+    row_axis = np.array([0.0, 1.0, 0.0])  # rows: along +y (pyFAI's axis 1)
     return normal, col_axis, row_axis
 
 
@@ -356,6 +463,31 @@ def beam_centre(config: MPBConfig) -> tuple[float, float]:
     arm = np.radians(config.arm_two_theta)
     col = (cols - 1) / 2 - config.distance * np.tan(arm) / config.pixel_size
     return (rows - 1) / 2, float(col)
+
+
+def poni_geometry(config: MPBConfig, beam_shift: tuple[float, float] = (0.0, 0.0)) -> dict:
+    """The detector geometry as pyFAI PONI parameters (SI units: m and rad).
+
+    ``{dist, poni1, poni2, rot1, rot2, rot3, wavelength, pixel1, pixel2}``: the
+    detector normal through the sample meets the detector plane at the centre
+    pixel (moved by ``beam_shift`` rows, columns), the arm is a rotation rot1
+    about the vertical axis 1.  pyFAI's 2-theta and chi of every pixel equal
+    :func:`pixel_angles` (tested); :class:`MPBDetector` declares this in the
+    image's data key as ``geometry``.
+    """
+    rows, cols = DETECTOR_SHAPE
+    pixel = config.pixel_size * 1e-3
+    return {
+        "dist": config.distance * 1e-3,
+        "poni1": (rows / 2 + beam_shift[0]) * pixel,
+        "poni2": (cols / 2 + beam_shift[1]) * pixel,
+        "rot1": math.radians(config.arm_two_theta),
+        "rot2": 0.0,
+        "rot3": 0.0,
+        "wavelength": config.wavelength * 1e-10,
+        "pixel1": pixel,
+        "pixel2": pixel,
+    }
 
 
 def pixel_angles(
@@ -404,10 +536,12 @@ def draw_nuisance(rng: np.random.Generator, n: int, config: MPBConfig) -> dict[s
     """Per-frame nuisance parameters that are not the phase (hidden, drawn from the config).
 
     beam_shift (n, 2) px, crystallite_size (n,) nm, texture_amplitude (n, 3),
-    texture_phase (n, 3) deg of chi, scale (n,), background (n,) counts/s per pixel.
+    texture_phase (n, 3) deg of chi, scale (n,), background (n,) counts/s per pixel,
+    distance (n,) mm and arm_two_theta (n,) deg: drawn once per chunk of
+    ``config.chunk`` frames where the config gives a range, else the config's values.
     """
     jitter = np.clip(rng.normal(0.0, 1.0, (n, 2)), -3.0, 3.0) * config.beam_jitter
-    return {
+    nuisance = {
         "beam_shift": jitter,
         "crystallite_size": rng.uniform(*config.crystallite_size_range, n),
         "texture_amplitude": rng.uniform(0.0, config.texture_max, (n, 3)),
@@ -415,6 +549,19 @@ def draw_nuisance(rng: np.random.Generator, n: int, config: MPBConfig) -> dict[s
         "scale": rng.uniform(*config.scale_range, n),
         "background": rng.uniform(*config.background_range, n),
     }
+    chunks = -(-n // config.chunk)
+    for name, drawn in (("distance", config.distance_range), ("arm_two_theta", config.arm_range)):
+        values = rng.uniform(*drawn, chunks) if drawn else np.full(chunks, getattr(config, name))
+        nuisance[name] = np.repeat(values, config.chunk)[:n]
+    return nuisance
+
+
+def frame_config(config: MPBConfig, nuisance: dict[str, np.ndarray], index: int) -> MPBConfig:
+    """``config`` with the detector distance and arm that frame ``index`` was drawn with."""
+    distance, arm = float(nuisance["distance"][index]), float(nuisance["arm_two_theta"][index])
+    if (distance, arm) == (config.distance, config.arm_two_theta):
+        return config
+    return replace(config, distance=distance, arm_two_theta=arm)
 
 
 def family_profiles(
@@ -435,7 +582,7 @@ def family_profiles(
     strength = (weight * member * lorentz_polarisation(two_theta)).astype(np.float32)
     two_theta, fwhm = two_theta.astype(np.float32), fwhm.astype(np.float32)
     profiles = np.zeros((len(x), 3, grid.size), dtype=np.float32)
-    for phase in range(3):
+    for phase in range(N_PHASES):
         frames = np.flatnonzero(fractions[:, phase] > FRACTION_FLOOR)
         for m, family in enumerate(FAMILY_OF):
             offset = grid - two_theta[frames, phase, m, None]
@@ -516,7 +663,8 @@ def generate_frames(
     def render(start: int, child: np.random.Generator) -> None:
         part = slice(start, start + config.chunk)
         chunk_nuisance = {k: v[part] for k, v in nuisance.items()}
-        mean = mean_counts(x[part], temperature[part], chunk_nuisance, config)
+        chunk_config = frame_config(config, nuisance, start)
+        mean = mean_counts(x[part], temperature[part], chunk_nuisance, chunk_config)
         frames[part] = add_detector_noise(mean, child, config)
 
     if config.workers > 1 and len(starts) > 1:
@@ -534,8 +682,12 @@ def truth_labels(x: np.ndarray, temperature: np.ndarray) -> dict[str, np.ndarray
     temperature = np.broadcast_to(np.asarray(temperature, dtype=float), x.shape)
     fractions = phase_fractions(x, temperature)
     delta = boundary_offset(x, temperature)
+    margin_x, margin_t = label_margins(x, temperature)
     return {
         "phase": phase_label(fractions),
+        "composition_margin": margin_x.astype(np.float32),
+        "curie_margin": margin_t.astype(np.float32),
+        "curie_temperature": curie_temperature(x).astype(np.float32),
         "fractions": fractions.astype(np.float32),
         "boundary_offset": delta.astype(np.float32),
         "boundary_distance": np.abs(delta).astype(np.float32),
@@ -553,19 +705,38 @@ def draw_conditions(
     """Compositions and temperatures (K) for :func:`simulate`, uniform in the config ranges.
 
     A share ``near_boundary_fraction`` is instead drawn uniformly within
-    ``near_boundary_halfwidth`` of x_MPB(T) (clipped to ``x_range``).
+    ``near_boundary_halfwidth`` of x_MPB(T) (clipped to ``x_range``) at a temperature
+    below ``MONOCLINIC_CLOSES`` (where the boundary has its monoclinic band), and a share
+    ``near_curie_fraction`` with T within ``near_curie_halfwidth`` of T_C(x)
+    (clipped to ``temperature_range``).
     """
     temperature = rng.uniform(*config.temperature_range, n)
     x = rng.uniform(*config.x_range, n)
-    near = rng.random(n) < config.near_boundary_fraction
+    draw = rng.random(n)
+    near = draw < config.near_boundary_fraction
     half = config.near_boundary_halfwidth
+    # the boundary is drawn where it has a monoclinic band (below MONOCLINIC_CLOSES)
+    t_low, t_high = config.temperature_range
+    t_band = rng.uniform(t_low, max(t_low, min(t_high, MONOCLINIC_CLOSES)), n)
+    temperature = np.where(near, t_band, temperature)
     x_near = mpb_composition(temperature) + rng.uniform(-half, half, n)
-    return np.clip(np.where(near, x_near, x), *config.x_range), temperature
+    x = np.clip(np.where(near, x_near, x), *config.x_range)
+    if config.near_curie_fraction > 0:
+        curie = (draw >= config.near_boundary_fraction) & (
+            draw < config.near_boundary_fraction + config.near_curie_fraction
+        )
+        spread = rng.uniform(-config.near_curie_halfwidth, config.near_curie_halfwidth, n)
+        t_near = np.clip(curie_temperature(x) + spread, *config.temperature_range)
+        temperature = np.where(curie, t_near, temperature)
+    return x, temperature
 
 
 LABEL_UNITS: Final = {
-    "phase": "class (0 rhombohedral, 1 monoclinic, 2 tetragonal, 3 mixture)",
-    "fractions": "volume fraction (R, M, T)",
+    "phase": "class (0 rhombohedral, 1 monoclinic, 2 tetragonal, 3 cubic, 4 mixture)",
+    "fractions": "volume fraction (R, M, T, C)",
+    "composition_margin": "Ti fraction (to the nearest label change below T_C; inf if cubic)",
+    "curie_margin": "K (|T - T_C(x)|)",
+    "curie_temperature": "K",
     "boundary_offset": "Ti fraction (x - x_MPB)",
     "boundary_distance": "Ti fraction (|x - x_MPB|)",
     "x": "Ti fraction",
@@ -579,6 +750,8 @@ LABEL_UNITS: Final = {
     "texture_phase": "deg of chi",
     "scale": "1",
     "background": "counts/s per pixel",
+    "distance": "mm (sample to detector, along its normal)",
+    "arm_two_theta": "deg (2-theta of the detector normal)",
 }
 
 
@@ -644,10 +817,11 @@ class MPBTruth:
     temperature: float
     phase: int
     phase_name: str
-    fractions: tuple[float, float, float]  # R, M, T volume fractions
+    fractions: tuple[float, float, float, float]  # R, M, T, C volume fractions
     x_mpb: float
     boundary_offset: float  # x - x_MPB(T)
     boundary_distance: float  # |x - x_MPB(T)|
+    curie_temperature: float  # K
     lattice: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a,b,c (A), angles
 
 
@@ -666,8 +840,26 @@ def truth_at(x: float, temperature: float) -> MPBTruth:
         x_mpb=float(mpb_composition(temperature)),
         boundary_offset=delta,
         boundary_distance=abs(delta),
-        lattice={name: tuple(lattice[i].tolist()) for i, name in enumerate(PHASE_NAMES[:3])},
+        curie_temperature=float(curie_temperature(x)),
+        lattice={name: tuple(lattice[i].tolist()) for i, name in enumerate(PHASE_NAMES[:N_PHASES])},
     )
+
+
+class DiffractionImageSignal(ArraySignal):
+    """The detector frame, whose data key also declares the geometry (:func:`poni_geometry`).
+
+    The geometry comes from the parent detector's ``config``, so the event
+    descriptor says where each pixel sits, as pyFAI's PONI parameters: any
+    analysis can integrate the frame without knowing this simulator.
+    """
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """:class:`ArraySignal`'s data key plus ``geometry`` (PONI, SI units)."""
+        description = super().describe()
+        config = getattr(self.parent, "config", None)
+        if config is not None:
+            description[self.name]["geometry"] = poni_geometry(config)
+        return description
 
 
 class MPBDetector(Device):
@@ -682,7 +874,10 @@ class MPBDetector(Device):
     """
 
     image = Cpt(
-        ArraySignal, value=np.zeros(DETECTOR_SHAPE, np.float32), units="counts", kind="normal"
+        DiffractionImageSignal,
+        value=np.zeros(DETECTOR_SHAPE, np.float32),
+        units="counts",
+        kind="normal",
     )
     count_time = Cpt(RangeSignal, value=1.0, limits=(0.01, 100.0), units="s", kind="config")
     phase = Cpt(Signal, value=-1, kind="omitted")
@@ -703,6 +898,11 @@ class MPBDetector(Device):
         self._stage = stage
         self._config = config or MPBConfig()
         self._rng = np.random.default_rng(seed)
+
+    @property
+    def config(self) -> MPBConfig:
+        """The instrument settings (geometry, wavelength, noise) this detector renders with."""
+        return self._config
 
     @property
     def truth(self) -> MPBTruth:

@@ -466,8 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--minutes",
         type=float,
-        default=4.75,
-        help="time budget, simulation included (default: %(default)s)",
+        default=None,
+        help="time budget, simulation included (default: what the shipped model was trained "
+        "with; 4.75 unless its card says otherwise)",
     )
     train.set_defaults(func=_train)
 

@@ -30,8 +30,8 @@ def test_live_phases_plot_the_published_probabilities(RE, make_smartlab, client,
 
     assert view.update()
     lines = {line.get_label(): line for line in view.ax.get_lines()}
-    assert set(lines) == {"rhombohedral", "monoclinic", "tetragonal", "mixture"}
-    assert legend_texts(view.ax) == ["rhombohedral", "monoclinic", "tetragonal", "mixture"]
+    assert set(lines) == {"rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture"}
+    assert legend_texts(view.ax) == ["rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture"]
     np.testing.assert_allclose(lines["tetragonal"].get_xdata(), compositions)
     table = read_events(find_analyses(client, run_uid=uid, plugin="phase_cnn")[0])
     np.testing.assert_allclose(lines["tetragonal"].get_ydata(), table["p_tetragonal"], rtol=1e-6)

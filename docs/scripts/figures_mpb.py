@@ -17,7 +17,7 @@ from smartlab_plugins.devices import mpb
 
 OUT = Path(__file__).resolve().parents[1] / "figures"
 CONFIG = mpb.MPBConfig()
-COLOURS = {0: "tab:blue", 1: "tab:green", 2: "tab:red", 3: "tab:gray"}
+COLOURS = {0: "tab:blue", 1: "tab:green", 2: "tab:red", 3: "tab:purple", 4: "tab:gray"}
 
 
 def clean_image(x: float, temperature: float = 300.0) -> np.ndarray:
@@ -29,6 +29,8 @@ def clean_image(x: float, temperature: float = 300.0) -> np.ndarray:
         "texture_phase": np.zeros((1, 3)),
         "scale": np.ones(1),
         "background": np.zeros(1),
+        "distance": np.full(1, CONFIG.distance),
+        "arm_two_theta": np.full(1, CONFIG.arm_two_theta),
     }
     return mpb.mean_counts(np.array([x]), np.array([temperature]), nuisance, CONFIG)[0]
 
@@ -46,17 +48,18 @@ def radial_profile(image: np.ndarray, step: float = 0.03) -> tuple[np.ndarray, n
 
 
 def frames_figure() -> None:
-    """Four noisy frames at 300 K: rhombohedral, monoclinic, mixture, tetragonal."""
-    compositions = (0.30, 0.475, 0.462, 0.70)
-    frames, _ = mpb.generate_frames(
-        np.array(compositions), np.full(4, 300.0), np.random.default_rng(2), CONFIG
-    )
+    """Four noisy frames: rhombohedral, monoclinic, tetragonal and cubic."""
+    points = ((0.30, 300.0), (0.49, 100.0), (0.70, 300.0), (0.50, 750.0))
+    compositions = np.array([p[0] for p in points])
+    temperatures = np.array([p[1] for p in points])
+    frames, _ = mpb.generate_frames(compositions, temperatures, np.random.default_rng(2), CONFIG)
     fig, axes = plt.subplots(4, 1, figsize=(6.4, 7.2), sharex=True)
-    for ax, frame, x in zip(axes, frames, compositions, strict=True):
-        truth = mpb.truth_at(x, 300.0)
+    for ax, frame, (x, temperature) in zip(axes, frames, points, strict=True):
+        truth = mpb.truth_at(x, temperature)
         ax.imshow(frame, cmap="magma", vmax=np.percentile(frame, 99.9), aspect="equal")
         fractions = ", ".join(f"{f:.2f}" for f in truth.fractions)
-        ax.set_title(f"x = {x}: {truth.phase_name} (R, M, T = {fractions})", fontsize=9)
+        title = f"x = {x}, {temperature:.0f} K: {truth.phase_name} (R, M, T, C = {fractions})"
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel("row")
     axes[-1].set_xlabel("column")
     fig.tight_layout()
@@ -66,7 +69,7 @@ def frames_figure() -> None:
 
 def profiles_figure() -> None:
     """Radial profiles around each family for compositions across the boundary."""
-    compositions = (0.1, 0.3, 0.44, 0.462, 0.475, 0.488, 0.52, 0.7, 0.9)
+    compositions = (0.1, 0.3, 0.44, 0.458, 0.465, 0.472, 0.5, 0.7, 0.9)
     families = {"{111}": (37.0, 39.5), "{200}": (43.0, 46.8), "{220}": (63.5, 68.5)}
     fig, axes = plt.subplots(1, 3, figsize=(10, 5.2), sharey=True)
     for offset, x in enumerate(compositions):
@@ -90,26 +93,27 @@ def profiles_figure() -> None:
 
 
 def phase_diagram_figure() -> None:
-    """Label map near the MPB, fractions at 300 K and the lattice distortions vs x."""
-    x = np.linspace(0.40, 0.55, 601)
-    temperature = np.linspace(*mpb.TEMPERATURE_LIMITS, 201)
+    """Label map, fractions at 200 K and the lattice distortions vs x."""
+    x = np.linspace(0.0, 1.0, 801)
+    temperature = np.linspace(*mpb.TEMPERATURE_LIMITS, 351)
     grid_x, grid_t = np.meshgrid(x, temperature)
     labels = mpb.phase_label(mpb.phase_fractions(grid_x, grid_t))
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    cmap = matplotlib.colors.ListedColormap([COLOURS[k] for k in range(4)])
-    axes[0].pcolormesh(x, temperature, labels, cmap=cmap, vmin=-0.5, vmax=3.5, shading="auto")
-    axes[0].plot(mpb.mpb_composition(temperature), temperature, "k--", lw=1, label="x_MPB(T)")
-    axes[0].set(xlabel="x (Ti fraction)", ylabel="T (K)", title="label (R, M, T, mixture)")
+    cmap = matplotlib.colors.ListedColormap([COLOURS[k] for k in range(5)])
+    axes[0].pcolormesh(x, temperature, labels, cmap=cmap, vmin=-0.5, vmax=4.5, shading="auto")
+    axes[0].plot(x, mpb.curie_temperature(x), "k:", lw=1, label="T_C(x)")
+    axes[0].set(xlabel="x (Ti fraction)", ylabel="T (K)", title="label (R, M, T, C, mixture)")
     axes[0].legend(fontsize=8)
-    fractions = mpb.phase_fractions(x, 300.0)
+    x = np.linspace(0.40, 0.55, 601)
+    fractions = mpb.phase_fractions(x, 200.0)
     for k in range(3):
         axes[1].plot(x, fractions[:, k], color=COLOURS[k], label=mpb.PHASE_NAMES[k])
-    for boundary in mpb.label_boundaries(300.0):
+    for boundary in mpb.label_boundaries(200.0):
         axes[1].axvline(boundary, color="k", lw=0.5, ls=":")
-    axes[1].set(xlabel="x", ylabel="volume fraction", title="fractions at 300 K (: label edges)")
+    axes[1].set(xlabel="x", ylabel="volume fraction", title="fractions at 200 K (: label edges)")
     axes[1].legend(fontsize=8, loc="center right")
     full = np.linspace(0, 1, 201)
-    for temp, style in ((100.0, ":"), (300.0, "-"), (500.0, "--")):
+    for temp, style in ((100.0, ":"), (300.0, "-"), (550.0, "--")):
         delta = mpb.boundary_offset(full, temp)
         eta = np.where(delta > 0, mpb.tetragonality(full, temp), np.nan)
         shear = np.where(delta < 0, mpb.rhombohedral_shear(full, temp), np.nan)

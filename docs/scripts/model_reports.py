@@ -126,6 +126,38 @@ def spinwave_page(transfer_rows: list[tuple[str, dict]] | None) -> str:
     return "\n".join(lines)
 
 
+def _margin_bins(curve: list[dict], unit: str) -> list[str]:
+    """Column labels of a margin curve: "low-high unit" (the last bin open)."""
+    suffix = f" {unit}" if unit else ""
+    return [
+        f"{b['margin'][0]:g}-{b['margin'][1]:g}{suffix}"
+        if b["margin"][1] is not None
+        else f">= {b['margin'][0]:g}{suffix}"
+        for b in curve
+    ]
+
+
+def _margin_table(rows: list[tuple[str, dict]], key: str, unit: str) -> list[str]:
+    """One row per model: accuracy in each bin of the margin ``key`` (the CNN's bins)."""
+    reference = rows[0][1][key]
+    table = [
+        "| model | " + " | ".join(_margin_bins(reference, unit)) + " |",
+        "|---|" + "---|" * len(reference),
+    ]
+    for label, metrics in rows:
+        curve = {tuple(b["margin"]): b["accuracy"] for b in metrics.get(key, [])}
+        cells = [f"{100 * curve.get(tuple(b['margin']), float('nan')):.1f}%" for b in reference]
+        table.append(f"| {label} | " + " | ".join(cells) + " |")
+    table.append("| test frames | " + " | ".join(str(b["n"]) for b in reference) + " |")
+    return table
+
+
+def _ece(metrics: dict) -> str:
+    """The expected calibration error, or n/a for a model without probabilities."""
+    ece = metrics.get("expected_calibration_error")
+    return "n/a" if ece is None else f"{ece:.3f}"
+
+
 def phase_page() -> str:
     card = card_of("phase_cnn")
     baselines = baseline_card("phase_baselines")
@@ -134,22 +166,26 @@ def phase_page() -> str:
     if baselines:
         names = {"rf": "random forest", "gb": "gradient boosting", "svm": "SVM (RBF)"}
         rows += [(names[k], b["metrics"]) for k, b in baselines["models"].items()]
-    bins = [f"{b['distance'][0]}-{b['distance'][1]}" for b in m["accuracy_by_distance"]]
-    table = [
-        "| model | all | away from boundary | " + " | ".join(bins) + " |",
-        "|---|---|---|" + "---|" * len(bins),
+    classes = card.preprocessing["classes"]
+    summary = [
+        "| model | all | away from the boundaries | "
+        + " | ".join(f"{c} (away)" for c in classes if c in m["accuracy_away_by_class"])
+        + " | ECE |",
+        "|---|---|---|" + "---|" * (len(m["accuracy_away_by_class"]) + 1),
     ]
     for label, metrics in rows:
-        curve = {tuple(b["distance"]): b["accuracy"] for b in metrics["accuracy_by_distance"]}
+        per_class = metrics.get("accuracy_away_by_class", {})
         cells = [
-            f"{100 * curve.get(tuple(b['distance']), float('nan')):.1f}%"
-            for b in m["accuracy_by_distance"]
+            f"{100 * per_class[c]:.1f}%" if c in per_class else "n/a"
+            for c in classes
+            if c in m["accuracy_away_by_class"]
         ]
-        table.append(
+        summary.append(
             f"| {label} | {100 * metrics['accuracy']:.1f}% | "
-            f"{100 * metrics['accuracy_away_from_boundary']:.1f}% | " + " | ".join(cells) + " |"
+            f"{100 * metrics['accuracy_away_from_boundary']:.1f}% | "
+            + " | ".join(cells)
+            + f" | {_ece(metrics)} |"
         )
-    counts = " | ".join(str(b["n"]) for b in m["accuracy_by_distance"])
     confusion = m["confusion"]
     matrix = [
         "| true \\ predicted | " + " | ".join(confusion["classes"]) + " |",
@@ -161,42 +197,65 @@ def phase_page() -> str:
             confusion["classes"], confusion["rows_true_columns_predicted"], strict=True
         )
     ]
+    scope = card.preprocessing["scope"]
+    config = card.data["generator_config"]
     return "\n".join(
         [
             "# phase_cnn: crystal phase across a morphotropic phase boundary",
             "",
-            "Classification of each diffraction frame of the simulated area detector",
-            "([its physics](../devices/mpb.md)) into rhombohedral, monoclinic, tetragonal or a",
-            "mixture. Plugin `phase_cnn`: field `mpb_image`, results `phase`, `phase_name`,",
-            "`confidence` and `p_<phase>` per event.",
+            "Classification of each diffraction frame of a PZT-like perovskite",
+            "([its physics](../devices/mpb.md)) into rhombohedral, monoclinic, tetragonal,",
+            "cubic or a mixture. Plugin `phase_cnn`: field `mpb_image`, results `phase`,",
+            "`phase_name`, `confidence` and `p_<phase>` per event. The frame is integrated by",
+            "pyFAI for the geometry its data key declares (PONI parameters), so the detector",
+            "distance, beam centre, pixel size and wavelength drop out.",
             "",
             "## Model card",
             "",
             *weights_lines(card),
             "- architecture: the talk's reference: 3x3 convolutions with 32 then 64 feature",
             "  maps (each with batch norm, ReLU, max pooling), dense 16 then 8, softmax over the",
-            "  4 phases; the second pooling is 2x4 so the dense layer stays small",
-            f"- input: {', '.join(card.preprocessing['steps'])}",
-            f"- data: {card.data['sizes']} frames from seed {card.data['generator_seed']}, "
-            "half of them within 0.05 of the boundary",
+            f"  {len(classes)} classes; the second pooling is 2x4 so the dense layer stays small",
+            f"- input: {'; '.join(card.preprocessing['steps'])}",
+            f"- data: {card.data['sizes']} frames from seed {card.data['generator_seed']}; "
+            f"{100 * config['near_boundary_fraction']:.0f}% within "
+            f"{config['near_boundary_halfwidth']} of the MPB (below 400 K), "
+            f"{100 * config['near_curie_fraction']:.0f}% within "
+            f"{config['near_curie_halfwidth']:g} K of the Curie line",
+            f"- scope: x {config['x_range']}, T {config['temperature_range']} K, "
+            f"Cu K-alpha1 ({config['wavelength']} angstrom), detector distance "
+            f"{scope['distance_mm']} mm, arm {scope['arm_two_theta_deg']} deg, "
+            f"q {scope['q_range_inverse_angstrom']} 1/angstrom",
             training_line(card, "cross-entropy"),
             "- calibration: temperature scaling on the validation split, "
             f"T = {card.extras['temperature']:.3f}; "
-            f"expected calibration error on the test split: {m['expected_calibration_error']:.4f}",
+            f"expected calibration error (ECE) on the test split: "
+            f"{m['expected_calibration_error']:.4f}",
             f"- torch {card.torch_version}",
             "",
-            "## Accuracy on the held-out test split, by distance |x - x_MPB(T)| to the boundary",
+            "## Accuracy on the held-out test split",
             "",
-            "Target: at least 99% away from the boundary (|x - x_MPB| >= 0.05). "
-            f"Test frames per bin: {counts}.",
+            "Target: at least 99% away from the boundaries "
+            f"({card.preprocessing['away_from_boundary']}),",
+            "cubic included. The CNN beside the classical baselines, on the same split",
+            f"({m['n_away_from_boundary']} of {m['n']} test frames are away from the boundaries):",
             "",
-            *table,
+            *summary,
+            "",
+            "By composition margin (Ti fraction to the nearest label change; frames at least",
+            "50 K from the Curie line; cubic frames, of infinite margin, are in the next table):",
+            "",
+            *_margin_table(rows, "accuracy_by_composition_margin", ""),
+            "",
+            "By Curie margin |T - T_C(x)| (all frames):",
+            "",
+            *_margin_table(rows, "accuracy_by_curie_margin", "K"),
             "",
             "Confusion matrix of the CNN on the test split:",
             "",
             *matrix,
             "",
-            "![accuracy by distance](../figures/phase_cnn_accuracy.png)",
+            "![accuracy by margin](../figures/phase_cnn_accuracy.png)",
             "",
             "![validation curves](../figures/phase_cnn_curves.png)",
             "",
@@ -486,29 +545,24 @@ def accuracy_figure() -> None:
     import matplotlib.pyplot as plt
 
     card = card_of("phase_cnn")
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
     curves = [("CNN", card.metrics)]
     baselines = baseline_card("phase_baselines")
     if baselines:
         curves += [(k.upper(), b["metrics"]) for k, b in baselines["models"].items()]
-    for label, metrics in curves:
-        centres = [
-            np.mean(b["distance"]) if b["distance"][1] < 1 else 0.15
-            for b in metrics["accuracy_by_distance"]
-        ]
-        ax.plot(
-            centres,
-            [b["accuracy"] for b in metrics["accuracy_by_distance"]],
-            marker="o",
-            label=label,
-        )
-    ax.axvline(0.05, color="grey", linestyle=":")
-    ax.set(
-        xlabel="distance to the boundary |x - x_MPB(T)| (bin centre; last bin >= 0.1)",
-        ylabel="test accuracy",
-        title="phase classification near the boundary",
+    panels = (
+        ("accuracy_by_composition_margin", "composition margin (Ti fraction)", 0.2),
+        ("accuracy_by_curie_margin", "|T - T_C(x)| (K)", 300.0),
     )
-    ax.legend()
+    for ax, (key, label, last) in zip(axes, panels, strict=True):
+        for name, metrics in curves:
+            curve = metrics.get(key, [])
+            centres = [np.mean(b["margin"]) if b["margin"][1] is not None else last for b in curve]
+            ax.plot(centres, [b["accuracy"] for b in curve], marker="o", label=name)
+        ax.set(xlabel=f"{label} (bin centre; last bin open)", ylabel="test accuracy")
+        ax.set_xscale("symlog", linthresh=0.01 if last < 1 else 10)
+    axes[0].legend()
+    fig.suptitle("phase classification near the boundaries")
     fig.tight_layout()
     fig.savefig(FIGURES / "phase_cnn_accuracy.png")
     plt.close(fig)

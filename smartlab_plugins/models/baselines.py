@@ -7,8 +7,9 @@ Their inputs are documented, hand-made features:
 * ``spinwave_baselines``: the S(|Q|, E) counts map, log1p, averaged over 8x8
   bins: 12 |Q| bands x 20 energy bins = 240 features (coarse constant-|Q| energy
   cuts). Targets: the CNN's log-scaled constants.
-* ``phase_baselines``: the azimuthally integrated pattern, log1p of the frame
-  averaged over all 97 rows: a 243-point profile in 2θ, z-scored per frame.
+* ``phase_baselines``: the azimuthally integrated pattern: phase_cnn's input
+  (the frame integrated by pyFAI for its geometry into 12 chi x 336 q bins,
+  log1p, z-scored) averaged over chi, a 336-point profile in q.
 
 Models: ``RandomForest*(n_estimators=60, max_depth=10, min_samples_leaf=4)``,
 ``HistGradientBoosting*(max_iter=150, max_leaf_nodes=15)`` and an RBF-kernel,
@@ -35,7 +36,6 @@ from smartlab_plugins.models.cards import ModelIntegrityError, sha256_of
 from smartlab_plugins.models.training import Split, split_by_seed
 
 MODEL_KINDS = ("rf", "gb", "svm")
-VERSION = "1.0.0"
 #: Types skops may build when loading a shipped baseline, beyond the scikit-learn
 #: estimators it trusts already.
 TRUSTED_TYPES = [
@@ -51,11 +51,9 @@ def spinwave_features(maps: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), 12, 8, 20, 8).mean(axis=(2, 4)).reshape(len(x), -1)
 
 
-def phase_features(frames: np.ndarray) -> np.ndarray:
-    """(n, 97, 243) frames to (n, 243): the row-averaged log1p profile, z-scored per frame."""
-    profile = np.log1p(np.clip(np.asarray(frames, dtype=np.float32), 0.0, None)).mean(axis=1)
-    mean = profile.mean(axis=1, keepdims=True)
-    return (profile - mean) / (profile.std(axis=1, keepdims=True) + 1e-6)
+def phase_features(network_input: np.ndarray) -> np.ndarray:
+    """phase_cnn inputs (n, 1, 12, 336) to (n, 336): the chi-averaged profile in q."""
+    return np.asarray(network_input, dtype=np.float32)[:, 0].mean(axis=1)
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,7 @@ class BaselineSet:
     name: str
     cnn: str
     kind: str  # "regression" or "classification"
+    version: str  # of the three models and their features, in the card and the plugin
 
     def task(self):
         from smartlab_plugins.models.registry import task
@@ -72,6 +71,7 @@ class BaselineSet:
         return task(self.cnn)
 
     def features(self, raw: np.ndarray) -> np.ndarray:
+        """Features from the field (spin waves) or from phase_cnn's network input (phases)."""
         return spinwave_features(raw) if self.kind == "regression" else phase_features(raw)
 
     def make_data(self, n: int, seed: int) -> Split:
@@ -80,13 +80,13 @@ class BaselineSet:
 
         task = self.task()
         if self.kind == "regression":
-            made, field = simulate_case("ins", n, seed=seed), "sqw"
-        else:
-            from smartlab_plugins.models.phase import training_config
+            made = simulate_case("ins", n, seed=seed)
+            targets = task.from_set(made)
+            return Split(self.features(made.inputs["sqw"]), targets.y, targets.extra)
+        from smartlab_plugins.models.phase import training_config
 
-            made, field = simulate_case("mpb", n, seed=seed, config=training_config()), "mpb_image"
-        targets = task.from_set(made)
-        return Split(self.features(made.inputs[field]), targets.y, targets.extra)
+        targets = task.from_set(simulate_case("mpb", n, seed=seed, config=training_config()))
+        return Split(self.features(targets.x), targets.y, targets.extra)
 
     def models(self, seed: int) -> dict[str, Any]:
         from sklearn.ensemble import (
@@ -150,8 +150,13 @@ class BaselineSet:
 
 
 BASELINES = {
-    "spinwave_baselines": BaselineSet("spinwave_baselines", "spinwave_cnn", "regression"),
-    "phase_baselines": BaselineSet("phase_baselines", "phase_cnn", "classification"),
+    "spinwave_baselines": BaselineSet(
+        "spinwave_baselines", "spinwave_cnn", "regression", version="1.0.0"
+    ),
+    # 1.1.0: features from the pyFAI-integrated frame, the cubic class
+    "phase_baselines": BaselineSet(
+        "phase_baselines", "phase_cnn", "classification", version="1.1.0"
+    ),
 }
 
 
@@ -167,7 +172,7 @@ def train_baselines(
     train, _, test = split_by_seed(baseline.make_data(n, seed), (0.8, 0.1, 0.1), seed)
     card: dict[str, Any] = {
         "name": name,
-        "version": VERSION,
+        "version": baseline.version,
         "task": baseline.kind,
         "compared_with": baseline.cnn,
         "features": (

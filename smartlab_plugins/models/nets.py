@@ -62,19 +62,20 @@ class SpinWaveNet(nn.Module):
 class PhaseNet(nn.Module):
     """The talk's phase classifier: 3x3 convolutions with 32 then 64 feature maps, dense 16, 8.
 
-    Input: (batch, 1, 12, 243), the diffraction frame averaged over 8-row
-    azimuthal bands (the rings' 2θ resolution is kept; their curvature moves
-    them by under a pixel within a band). Output: (batch, n_classes) logits.
+    Input: (batch, 1, 12, 336), the diffraction frame integrated by pyFAI into
+    12 azimuth (chi) by 336 q bins for the detector's declared geometry
+    (:mod:`smartlab_plugins.models.caking`). Output: (batch, n_classes) logits.
     Pooling after the second convolution is 2x4 (not 2x2) so the dense layer
     stays small enough to ship and train in minutes.
     """
 
-    def __init__(self, n_classes: int = 4) -> None:
+    def __init__(self, n_classes: int = 5, input_shape: tuple[int, int] = (12, 336)) -> None:
         super().__init__()
+        rows, cols = input_shape
         self.features = nn.Sequential(conv_block(1, 32, 2), conv_block(32, 64, (2, 4)))
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(64 * 3 * 30, 16),
+            nn.Linear(64 * (rows // 2 // 2) * (cols // 2 // 4), 16),
             nn.ReLU(inplace=True),
             nn.Linear(16, 8),
             nn.ReLU(inplace=True),

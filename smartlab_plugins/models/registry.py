@@ -50,7 +50,7 @@ BASELINE_NAMES = ("spinwave_baselines", "phase_baselines")
 #: shipped weights were trained with, which ``smartlab train NAME`` reproduces.
 TRAINING: dict[str, dict[str, Any]] = {
     "spinwave_cnn": {"n_samples": 10000},
-    "phase_cnn": {"n_samples": 10000},
+    "phase_cnn": {"n_samples": 10000, "max_minutes": 10.0},
     "transition_lstm": {"n_samples": 4000, "learning_rate": 2e-3},
     "micrograph_unet": {"n_samples": 6000, "batch_size": 16, "learning_rate": 3e-3},
 }

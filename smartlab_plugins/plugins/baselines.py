@@ -24,7 +24,6 @@ from smartlab_plugins.hookspecs import (
 from smartlab_plugins.models.baselines import (
     BASELINES,
     MODEL_KINDS,
-    VERSION,
     BaselineSet,
     load_baselines,
 )
@@ -49,12 +48,11 @@ class BaselinesPlugin:
         if card.is_file():
             import hashlib
 
-            model = ModelInfo(
-                self.baselines.name, hashlib.sha256(card.read_bytes()).hexdigest(), VERSION
-            )
+            digest = hashlib.sha256(card.read_bytes()).hexdigest()
+            model = ModelInfo(self.baselines.name, digest, self.baselines.version)
         return PluginInfo(
             name=self.baselines.name,
-            version=VERSION,
+            version=self.baselines.version,
             accepts=DataSpec(ndims=(2,), fields=(self.field,)),
             summary=f"random forest, gradient boosting and SVM beside {self.baselines.cnn}",
             model=model,
@@ -79,8 +77,16 @@ class BaselinesPlugin:
     @hookimpl
     def smartlab_analyze(self, run: RunContext, batch: EventBatch) -> Results | None:
         """Every model's answer for every event of the batch."""
-        raw = model_input(run, batch, self.baselines.name, self.field, self.shape)
-        if raw is None or self._loaded is None:
+        if self._loaded is None:
+            return None
+        if self.baselines.kind == "regression":
+            raw = model_input(run, batch, self.baselines.name, self.field, self.shape)
+        else:  # phase_cnn's input: the frame integrated for its declared geometry
+            from smartlab_plugins.plugins.phase_cnn import network_input
+
+            config = self.baselines.task().generator_config()
+            raw = network_input(run, batch, self.baselines.name, config)
+        if raw is None:
             return None
         features = self.baselines.features(raw)
         task = run.state["task"]

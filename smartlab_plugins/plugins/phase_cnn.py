@@ -1,20 +1,34 @@
 """``phase_cnn``: the crystal phase of each diffraction frame, with calibrated probabilities.
 
-Reads the ``mpb_image`` field (97 x 243 area-detector frames across a
-morphotropic phase boundary) and publishes, per event, ``phase`` (the class
-index), ``phase_name``, ``confidence`` and one probability per class
-(``p_rhombohedral``, ``p_monoclinic``, ``p_tetragonal``, ``p_mixture``),
-temperature-scaled as the model card records. Accuracy by distance to the
-boundary and the calibration error are in the card
-(``smartlab_plugins/models/weights/phase_cnn.json``).
+Reads the ``mpb_image`` field (area-detector frames of a PZT-like perovskite
+across its morphotropic phase boundary and Curie line) and publishes, per
+event, ``phase`` (the class index), ``phase_name``, ``confidence`` and one
+probability per class (``p_rhombohedral``, ``p_monoclinic``, ``p_tetragonal``,
+``p_cubic``, ``p_mixture``), temperature-scaled as the model card records.
+Accuracy against the distance to the phase boundaries and the calibration
+error are in the card (``smartlab_plugins/models/weights/phase_cnn.json``).
+
+Geometry. When the field's data key declares ``geometry`` (pyFAI PONI
+parameters: ``dist``, ``poni1``, ``poni2``, ``rot1``, ``rot2``, ``rot3``,
+``wavelength``, ``pixel1``, ``pixel2``, in m and rad, as the simulated detector
+declares them), each frame is integrated by pyFAI into (chi, q) bins for that
+geometry, whatever the detector's shape; the card's scope gives the distances
+and arm angles the training covered. A geometry missing a parameter, or with
+a non-number, is refused per event with an error naming it. Without
+``geometry``, frames must be the simulated detector's 97 x 243 and its nominal
+geometry is assumed, which the plugin logs once per run.
 
 Options (per run, ``RE(plan, smartlab={"options": {"phase_cnn": {...}}})``):
-``resample: True`` interpolates frames of a different shape onto 97 x 243;
-``saliency: True`` also publishes ``saliency`` (97 x 243): the gradient
-magnitude of the winning class's logit, i.e. which rings decided it.
+``saliency: True`` also publishes ``saliency`` (12 x 336, dims chi and q): the
+gradient magnitude of the winning class's logit over the integrated frame,
+i.e. which rings decided it.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,15 +36,14 @@ from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunConte
 from smartlab_plugins.models import phase
 from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency
 
+logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
     name=phase.NAME,
     version=phase.VERSION,
     field="mpb_image",
-    summary="crystal phase probabilities from diffraction frames (the talk's CNN)",
+    summary="crystal phase probabilities from diffraction frames (the talk's CNN, via pyFAI)",
     task=phase.PhaseTask,
     stateless=True,
-    shape=phase.FIELD_SHAPE,
-    preprocess=phase.preprocess,
 )
 NAME = PLUGIN.name
 FIELD = PLUGIN.field
@@ -50,14 +63,44 @@ def smartlab_start_run(run: RunContext) -> None:
     PLUGIN.start_run(run)
 
 
+def network_input(
+    run: RunContext, batch: EventBatch, plugin: str, config: Mapping[str, Any]
+) -> np.ndarray | None:
+    """The batch's frames integrated for their declared (or the nominal) geometry; None if absent.
+
+    ``config`` is the generator config the model was trained on (its nominal
+    geometry is assumed when none is declared). Shared with ``phase_baselines``.
+    Raises ValueError naming the field and the
+    problem; the worker records it against each event of the batch.
+    """
+    if FIELD not in batch.data:
+        return None
+    data_key = run.descriptors.get(batch.stream, {}).get("data_keys", {}).get(FIELD, {})
+    x, declared = phase.frames_to_input(batch.data[FIELD], data_key, config, FIELD)
+    if not declared and not run.state.get("noted_geometry"):
+        run.state["noted_geometry"] = True
+        logger.info(
+            "run %s plugin %s: field %r declares no geometry; assuming the simulated "
+            "detector's (%s mm, arm %s deg)",
+            run.uid[:8],
+            plugin,
+            FIELD,
+            config.get("distance"),
+            config.get("arm_two_theta"),
+        )
+    return x
+
+
 @hookimpl
 def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     """Classify every frame of the batch."""
-    done = PLUGIN.infer(run, batch)
-    if done is None:
+    config = run.state["model"].card.data.get("generator_config", {})
+    x = network_input(run, batch, NAME, config)
+    if x is None:
         return None
-    task = done.task
-    probabilities = task.probabilities(done.output, done.extras)
+    model = run.state["model"]
+    task = run.state["task"]
+    probabilities = task.probabilities(model.run(x), model.card.extras)
     winner = probabilities.argmax(axis=1)
     results = Results(
         scalars={
@@ -68,15 +111,8 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
         }
     )
     if run.options.get("saliency"):
-        bands = np.stack(
-            [
-                gradient_saliency(done.model, done.x[i : i + 1], int(c))[0]
-                for i, c in enumerate(winner)
-            ]
+        results.arrays["saliency"] = np.stack(
+            [gradient_saliency(model, x[i : i + 1], int(c))[0] for i, c in enumerate(winner)]
         )
-        full = np.repeat(bands, phase.ROW_BAND, axis=1)
-        results.arrays["saliency"] = np.pad(
-            full, ((0, 0), (0, phase.FIELD_SHAPE[0] - full.shape[1]), (0, 0)), mode="edge"
-        )
-        results.dims["saliency"] = ("row", "column")
+        results.dims["saliency"] = ("chi", "q")
     return results

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from smartlab_plugins.devices import ins, mpb
-from smartlab_plugins.models import spinwave
+from smartlab_plugins.models import phase, spinwave
 from smartlab_plugins.results import find_analyses, read_array, read_errors, read_events
 
 
@@ -73,11 +73,12 @@ def test_saliency_maps_are_published_beside_the_results(RE, make_smartlab, clien
     )
     smartlab.flush()
     saliency = read_array(analysis_of(client, uid, "phase_cnn"), "saliency")
-    assert saliency.shape == (2, 97, 243)
+    assert saliency.shape == (2, *phase.INPUT_SHAPE)  # over the integrated frame: chi x q
     assert saliency.max() == pytest.approx(1.0)
     image = np.asarray(client[uid]["primary"]["mpb_image"].read())
-    rings = image[0].mean(axis=0) > np.percentile(image[0].mean(axis=0), 90)
-    # the decision rests on the rings, not on the empty detector between them
+    profile = phase.preprocess(image[:1])[0, 0].mean(axis=0)
+    rings = profile > np.percentile(profile, 90)
+    # the decision rests on the rings, not on the empty q between them
     assert saliency[0].mean(axis=0)[rings].mean() > 2 * saliency[0].mean(axis=0)[~rings].mean()
 
 
