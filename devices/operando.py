@@ -1,24 +1,34 @@
-"""Operando powder diffraction through a hysteretic structural transition on a temperature ramp.
+"""Operando powder diffraction of a perovskite through an octahedral-tilt transition on a ramp.
 
-A perovskite-like powder sits on a heater stage. Above its transition it is
-cubic (lattice parameter ``a``); below it, an order parameter ``eta`` appears
-that (i) doubles the cell, so superlattice reflections at half-integer
-``(h+1/2, k+1/2, l+1/2)`` grow with intensity proportional to ``eta**2``, and
-(ii) strains the cell tetragonally (``c/a - 1`` proportional to ``eta``), so
-cubic reflections such as (200) split. All peaks move with linear thermal
-expansion and lose intensity with temperature (Debye-Waller factor). The
-transition is first order with a hysteresis loop (see :func:`relay_states`):
+An ABO3 perovskite powder sits on a heater stage of a Cu K-alpha diffractometer.
+Above its transition it is cubic; below it the BO6 octahedra tilt in antiphase
+from cell to cell (an R-point, antiferrodistortive order parameter: the tilt
+angle ``phi``). The tilt doubles the cell, so superlattice reflections appear
+at half-integer pseudo-cubic indices; their structure factor comes from the
+displaced oxygens alone, ``|F|^2 = f_O^2 (sum_i sin(pi h_i) sin(2 pi h.u_i))^2``,
+a few tenths of a percent of the strongest parent line for tilts of a few
+degrees. The tilt also strains the cell (spontaneous strain ``kappa phi^2``),
+so parent reflections split. Every line is a K-alpha1 + K-alpha2 doublet.
 
-* cooling: the cubic phase supercools to ``T_down = T_c - dT_hyst/2``, where
-  ``eta`` jumps from 0 to ``eta(T_down)``;
-* heating: the ordered phase superheats to ``T_up = T_c + dT_hyst/2``; its
-  order parameter ``eta(T) = (1 - T/T_up)**beta`` falls to 0 at ``T_up``.
+Each sample is one of a family of perovskites (:data:`MATERIALS`: lattice
+parameters and atomic scattering factors), with one of two tilt systems
+(``a0a0c-``, tetragonal, or ``a-a-a-``, rhombohedral) and one of three
+transition types (:data:`KINDS`):
 
-Two ophyd devices: :class:`TemperatureController` (a ramping positioner with a
-first-order-lag readback and an accelerated simulated clock) and
-:class:`OperandoDetector` (the 1-D powder pattern of the sample at the
-controller's readback temperature). :func:`simulate` makes labelled ramps with
-the same physics functions the detector calls.
+* ``first_order``: Landau 2-4-6 free energy with a negative quartic term; the
+  tilt jumps at the transition, with thermal hysteresis (the cubic phase
+  supercools to ``T_down``, the tilted one superheats to ``T_up``) and a
+  two-phase coexistence range (grains transform at temperatures spread by
+  ``coexistence`` K; a frame is the volume-weighted sum of both phases);
+* ``tricritical``: continuous, ``phi = phi0 (1 - T/T_c)^(1/4)``;
+* ``second_order``: continuous, ``phi = phi0 (1 - T/T_c)^(1/2)`` (Landau).
+
+A frame integrates over its exposure (the temperature moves during the count),
+and counts are Poisson. Two ophyd devices: :class:`TemperatureController` (a
+ramping positioner with a first-order-lag readback and an accelerated simulated
+clock) and :class:`OperandoDetector` (the 1-D powder pattern of the sample
+exposed while the controller's readback moves). :func:`simulate` makes labelled
+ramps with the same physics functions the detector calls.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, PositionerBase
 from ophyd.status import DeviceStatus, MoveStatus
 from ophyd.utils import LimitError, ReadOnlyError
+from scipy.special import ndtri
 
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
 from smartlab_plugins.devices.signals import ArraySignal, RangeSignal, in_range
@@ -42,6 +53,66 @@ CASE = "operando"
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 WINDOW_SIGMAS = 5.0
 BACKGROUND_DECAY_DEG = 8.0
+#: Transition types, in the order of their integer code in :class:`SampleParameters`.
+KINDS = ("first_order", "tricritical", "second_order")
+#: Critical exponent of each continuous type (first-order tilts follow the 2-4-6 Landau branch).
+BETA = {"tricritical": 0.25, "second_order": 0.5}
+#: Glazer tilt systems, in the order of their integer code: the tilt axes (pseudo-cubic).
+TILT_SYSTEMS = {"a0a0c-": (0.0, 0.0, 1.0), "a-a-a-": (1.0, 1.0, 1.0)}
+#: Grains per sample: their transformation temperatures span the coexistence range.
+GRAINS = 16
+
+#: X-ray form factors f0(s) = c + sum_i a_i exp(-b_i s^2), s = sin(theta)/lambda in 1/angstrom:
+#: the analytical approximation of International Tables for Crystallography Vol. C (1992),
+#: Table 6.1.1.4 (neutral atoms). Rows: (a1..a4, b1..b4, c).
+FORM_FACTORS: dict[str, tuple[float, ...]] = {
+    "O": (3.0485, 2.2868, 1.5463, 0.867, 13.2771, 5.7011, 0.3239, 32.9089, 0.2508),
+    "Na": (4.7626, 3.1736, 1.2674, 1.1128, 3.285, 8.8422, 0.3136, 129.424, 0.676),
+    "Al": (6.4202, 1.9002, 1.5936, 1.9646, 3.0387, 0.7426, 31.5472, 85.0886, 1.1151),
+    "Ca": (8.6266, 7.3873, 1.5899, 1.0211, 10.4421, 0.6599, 85.7484, 178.437, 1.3751),
+    "Ti": (9.7595, 7.3558, 1.6991, 1.9021, 7.8508, 0.5, 35.6338, 116.105, 1.2807),
+    "Ga": (15.2354, 6.7006, 4.3591, 2.9623, 3.0669, 0.2412, 10.7805, 61.4135, 1.7189),
+    "Sr": (17.5663, 9.8184, 5.422, 2.6694, 1.5564, 14.0988, 0.1664, 132.376, 2.5064),
+    "Zr": (17.8765, 10.948, 5.41732, 3.65721, 1.27618, 11.916, 0.117622, 87.6627, 2.06929),
+    "Nb": (17.6142, 12.0144, 4.04183, 3.53346, 1.18865, 11.766, 0.204785, 69.7957, 3.75591),
+    "Sn": (19.1889, 19.1005, 4.4585, 2.4663, 5.8303, 0.5031, 26.8909, 83.9571, 4.7821),
+    "La": (20.578, 19.599, 11.3727, 3.28719, 2.94817, 0.244475, 18.7726, 133.124, 2.14678),
+}
+
+
+@dataclass(frozen=True)
+class Material:
+    """One perovskite ABO3 of the family: its A and B atoms and pseudo-cubic lattice (angstrom)."""
+
+    name: str
+    a_site: str
+    b_site: str
+    lattice: float
+
+
+#: The family the samples are drawn from: pseudo-cubic lattice parameters near room temperature.
+MATERIALS: tuple[Material, ...] = (
+    Material("SrTiO3", "Sr", "Ti", 3.905),
+    Material("LaAlO3", "La", "Al", 3.790),
+    Material("CaTiO3", "Ca", "Ti", 3.830),
+    Material("SrZrO3", "Sr", "Zr", 4.100),
+    Material("NaNbO3", "Na", "Nb", 3.910),
+    Material("LaGaO3", "La", "Ga", 3.890),
+    Material("SrSnO3", "Sr", "Sn", 4.035),
+)
+
+
+def form_factor(element: str, s: np.ndarray) -> np.ndarray:
+    """Atomic X-ray form factor f0 (electrons) of ``element`` at ``s = sin(theta)/lambda``."""
+    a1, a2, a3, a4, b1, b2, b3, b4, c = FORM_FACTORS[element]
+    s2 = np.asarray(s, dtype=float) ** 2
+    return (
+        c
+        + a1 * np.exp(-b1 * s2)
+        + a2 * np.exp(-b2 * s2)
+        + a3 * np.exp(-b3 * s2)
+        + a4 * np.exp(-b4 * s2)
+    )
 
 
 @dataclass(frozen=True)
@@ -49,23 +120,36 @@ class OperandoConfig:
     """Settings of the operando instrument and of the ramp generator.
 
     Units: angles in degrees 2theta, temperatures in K, times in s (simulated),
-    ramp rates in K/min, lengths in angstrom, intensities in detector counts.
-    The ``*_range`` pairs are the uniform ranges from which each ramp's hidden
-    truth and nuisance parameters are drawn.
+    ramp rates in K/min, lengths in angstrom, tilts in degrees, intensities in
+    detector counts. The ``*_range`` pairs are the uniform ranges from which
+    each ramp's hidden truth and nuisance parameters are drawn.
 
     Attributes:
         n_frames: frames per ramp (every ramp has the same length).
         n_points: detector channels, evenly spaced over ``two_theta_range``.
         two_theta_range: first and last channel centre, degrees.
-        wavelength: X-ray wavelength, angstrom (Cu K-alpha1).
-        frame_time: simulated time between frames (one exposure), s.
+        wavelength: X-ray wavelength of K-alpha1, angstrom (Cu).
+        wavelength_ka2: K-alpha2, angstrom.
+        ka2_ratio: K-alpha2 / K-alpha1 intensity.
+        frame_time: simulated exposure per frame, s (frames follow each other).
+        exposure_substeps: temperatures a frame's exposure is averaged over.
         time_constant: first-order lag of the sample temperature behind the
             controller setpoint, s.
         temperature_limits: controller range, K; setpoints outside are refused.
         reference_temperature: temperature at which ``lattice`` is quoted, K.
+        materials: names of :data:`MATERIALS` drawn from, equally often.
+        kind_fractions: fraction of first-order, tricritical and second-order samples.
+        tilt_systems: Glazer tilt systems drawn from (keys of :data:`TILT_SYSTEMS`).
         tc_range: thermodynamic transition temperature ``T_c``, K.
-        beta_range: critical exponent of the order parameter.
-        hysteresis_range: width ``T_up - T_down`` of the hysteresis loop, K.
+        hysteresis_range: first order: ``T_up - T_down``, K.
+        supercooling_range: first order: ``T_c - T_0``, K (``T_0``: the cubic phase's
+            stability limit); at least 1.5 x the hysteresis, so the hysteresis
+            lies inside the Landau metastability limits ``T_0`` and ``T_c + (T_c - T_0)/3``.
+        coexistence_range: first order: standard deviation of the grains'
+            transformation temperatures, K (the two-phase range is about 4 x this).
+        tilt_range: octahedral rotation angle about the tilt axis, extrapolated to 0 K, degrees.
+        strain_coupling_range: spontaneous strain per squared tilt (rad),
+            ``e = kappa phi^2``.
         ramp_rate_range: controller ramp rate, K/min (1-4 K per 30 s frame).
         heating_fraction: fraction of ramps that heat (the rest cool).
         no_transition_fraction: fraction of ramps whose temperature range does
@@ -73,14 +157,11 @@ class OperandoConfig:
         onset_window: first and last frame index allowed for the onset.
         no_transition_margin: closest approach (K) of a no-transition ramp to
             the transition temperature of its branch.
-        lattice_range: cubic lattice parameter at ``reference_temperature``, angstrom.
+        lattice_spread: relative spread of a sample's lattice parameter about its material's.
         expansion_range: linear thermal-expansion coefficient, 1/K.
-        strain_range: tetragonal strain ``c/a - 1`` of the fully ordered phase (eta = 1).
-        superlattice_range: superlattice-to-parent structure-factor ratio
-            ``|F_sl|**2 / |F|**2`` at eta = 1.
         scale_range: per-ramp multiplier of ``intensity_scale`` (sample amount).
         intensity_scale: integrated counts per unit of multiplicity x
-            Lorentz-polarisation factor x scattering power, counts.
+            Lorentz-polarisation factor x ``|F|^2`` (electrons^2, per pseudo-cubic cell).
         background: flat background, counts per channel.
         background_low_angle: extra background at the first channel, as a
             fraction of ``background``, decaying over 8 degrees (air scatter).
@@ -93,25 +174,32 @@ class OperandoConfig:
     n_frames: int = 64
     n_points: int = 512
     two_theta_range: tuple[float, float] = (15.0, 55.0)
-    wavelength: float = 1.5406
+    wavelength: float = 1.54056
+    wavelength_ka2: float = 1.54439
+    ka2_ratio: float = 0.5
     frame_time: float = 30.0
+    exposure_substeps: int = 4
     time_constant: float = 30.0
     temperature_limits: tuple[float, float] = (100.0, 800.0)
     reference_temperature: float = 300.0
+    materials: tuple[str, ...] = tuple(m.name for m in MATERIALS)
+    kind_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    tilt_systems: tuple[str, ...] = tuple(TILT_SYSTEMS)
     tc_range: tuple[float, float] = (350.0, 550.0)
-    beta_range: tuple[float, float] = (0.2, 0.35)
     hysteresis_range: tuple[float, float] = (4.0, 20.0)
+    supercooling_range: tuple[float, float] = (30.0, 90.0)
+    coexistence_range: tuple[float, float] = (0.2, 1.5)
+    tilt_range: tuple[float, float] = (4.0, 9.0)
+    strain_coupling_range: tuple[float, float] = (0.2, 0.6)
     ramp_rate_range: tuple[float, float] = (2.0, 8.0)
     heating_fraction: float = 0.5
     no_transition_fraction: float = 0.25
     onset_window: tuple[int, int] = (8, 56)
     no_transition_margin: float = 10.0
-    lattice_range: tuple[float, float] = (3.95, 4.05)
+    lattice_spread: float = 0.005
     expansion_range: tuple[float, float] = (0.8e-5, 1.6e-5)
-    strain_range: tuple[float, float] = (0.008, 0.016)
-    superlattice_range: tuple[float, float] = (0.4, 0.8)
     scale_range: tuple[float, float] = (0.8, 1.25)
-    intensity_scale: float = 1000.0
+    intensity_scale: float = 2.0
     background: float = 200.0
     background_low_angle: float = 1.0
     fwhm_base: float = 0.18
@@ -131,6 +219,26 @@ class OperandoConfig:
         for name in ("heating_fraction", "no_transition_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        fractions = self.kind_fractions
+        if len(fractions) != len(KINDS) or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+            raise ValueError(
+                f"kind_fractions must be {len(KINDS)} fractions ({', '.join(KINDS)}) "
+                f"summing to 1, got {fractions}"
+            )
+        known = {m.name for m in MATERIALS}
+        if not self.materials or not set(self.materials) <= known:
+            raise ValueError(f"materials must be among {sorted(known)}, got {self.materials}")
+        if not self.tilt_systems or not set(self.tilt_systems) <= set(TILT_SYSTEMS):
+            raise ValueError(
+                f"tilt_systems must be among {list(TILT_SYSTEMS)}, got {self.tilt_systems}"
+            )
+        if self.supercooling_range[0] < 1.5 * self.hysteresis_range[1]:
+            raise ValueError(
+                f"supercooling_range must start at >= 1.5 x the largest hysteresis "
+                f"({1.5 * self.hysteresis_range[1]} K), got {self.supercooling_range}"
+            )
+        if self.exposure_substeps < 1:
+            raise ValueError(f"exposure_substeps must be >= 1, got {self.exposure_substeps}")
         if not (self.onset_window[0] >= 1 and self.onset_window[1] < self.n_frames):
             raise ValueError(
                 f"onset_window must lie within [1, n_frames - 1 = "
@@ -161,30 +269,43 @@ class OperandoConfig:
 class SampleParameters:
     """Hidden truth and nuisance parameters of one sample per entry (arrays of equal shape).
 
-    ``t_c`` (K), ``beta``, ``hysteresis`` (K) define the transition;
-    ``lattice`` (angstrom at the reference temperature), ``expansion`` (1/K),
-    ``strain_max`` (``c/a - 1`` at eta = 1), ``superlattice`` (structure-factor
-    ratio at eta = 1) and ``scale`` (intensity multiplier) the pattern.
+    The transition: ``kind`` (index into :data:`KINDS`), ``t_c`` (K),
+    ``hysteresis`` (K, 0 for continuous kinds), ``supercooling`` (``T_c - T_0``,
+    K; first order only), ``coexistence`` (K, 0 for continuous kinds). The
+    structure: ``material`` (index into :data:`MATERIALS`), ``tilt_system``
+    (index into :data:`TILT_SYSTEMS`), ``tilt0`` (degrees, extrapolated to 0 K),
+    ``strain_coupling`` (``kappa``), ``lattice`` (angstrom at the reference
+    temperature), ``expansion`` (1/K). ``scale``: intensity multiplier.
     """
 
+    kind: np.ndarray
     t_c: np.ndarray
-    beta: np.ndarray
     hysteresis: np.ndarray
+    supercooling: np.ndarray
+    coexistence: np.ndarray
+    material: np.ndarray
+    tilt_system: np.ndarray
+    tilt0: np.ndarray
+    strain_coupling: np.ndarray
     lattice: np.ndarray
     expansion: np.ndarray
-    strain_max: np.ndarray
-    superlattice: np.ndarray
     scale: np.ndarray
 
     @property
     def t_up(self) -> np.ndarray:
-        """Superheating limit of the ordered phase, where it transforms on heating (K)."""
+        """Where the tilted phase transforms on heating (K): ``T_c`` for continuous kinds."""
         return self.t_c + self.hysteresis / 2.0
 
     @property
     def t_down(self) -> np.ndarray:
-        """Supercooling limit of the cubic phase, where it transforms on cooling (K)."""
+        """Where the cubic phase transforms on cooling (K): ``T_c`` for continuous kinds."""
         return self.t_c - self.hysteresis / 2.0
+
+    @property
+    def beta(self) -> np.ndarray:
+        """Critical exponent of continuous kinds; NaN for first-order samples."""
+        table = np.array([np.nan, BETA["tricritical"], BETA["second_order"]])
+        return table[np.asarray(self.kind, dtype=int)]
 
     def take(self, index: Any) -> SampleParameters:
         """The parameters indexed (or reshaped for broadcasting) by ``index``."""
@@ -192,20 +313,41 @@ class SampleParameters:
 
 
 def draw_sample_parameters(
-    rng: np.random.Generator, n: int, config: OperandoConfig
+    rng: np.random.Generator, n: int, config: OperandoConfig, kind: str | None = None
 ) -> SampleParameters:
-    """Draw ``n`` samples uniformly from the configured ranges (generator's and device's prior)."""
-    ranges = {
-        "t_c": config.tc_range,
-        "beta": config.beta_range,
-        "hysteresis": config.hysteresis_range,
-        "lattice": config.lattice_range,
-        "expansion": config.expansion_range,
-        "strain_max": config.strain_range,
-        "superlattice": config.superlattice_range,
-        "scale": config.scale_range,
-    }
-    return SampleParameters(**{k: rng.uniform(lo, hi, n) for k, (lo, hi) in ranges.items()})
+    """Draw ``n`` samples from the configured family (the generator's and the device's prior).
+
+    ``kind`` (one of :data:`KINDS`) makes every sample of that kind, with the
+    same draws otherwise. ``T_c``, the Landau supercooling and the hysteresis
+    are drawn first, in the order of the 1.0 instrument, so a device's seed
+    keeps its transition temperatures (``make_devices(seed=11)``: T_up 535.4 K,
+    T_down 520.8 K) across versions.
+    """
+    names = [m.name for m in MATERIALS]
+    materials = np.array([names.index(name) for name in config.materials])
+    systems = np.array([list(TILT_SYSTEMS).index(name) for name in config.tilt_systems])
+    t_c = rng.uniform(*config.tc_range, n)
+    supercooling = rng.uniform(*config.supercooling_range, n)
+    hysteresis = rng.uniform(*config.hysteresis_range, n)
+    drawn = rng.choice(len(KINDS), size=n, p=np.asarray(config.kind_fractions, dtype=float))
+    kinds = drawn if kind is None else np.full(n, KINDS.index(kind))
+    first_order = kinds == 0
+    material = rng.choice(materials, size=n)
+    nominal = np.array([m.lattice for m in MATERIALS])[material]
+    return SampleParameters(
+        kind=kinds,
+        t_c=t_c,
+        hysteresis=np.where(first_order, hysteresis, 0.0),
+        supercooling=np.where(first_order, supercooling, np.nan),
+        coexistence=np.where(first_order, rng.uniform(*config.coexistence_range, n), 0.0),
+        material=material,
+        tilt_system=rng.choice(systems, size=n),
+        tilt0=rng.uniform(*config.tilt_range, n),
+        strain_coupling=rng.uniform(*config.strain_coupling_range, n),
+        lattice=nominal * (1.0 + config.lattice_spread * rng.uniform(-1.0, 1.0, n)),
+        expansion=rng.uniform(*config.expansion_range, n),
+        scale=rng.uniform(*config.scale_range, n),
+    )
 
 
 # --- temperature control -------------------------------------------------------------------
@@ -268,14 +410,39 @@ def ramp_lag_distance(time: np.ndarray, time_constant: float) -> np.ndarray:
 # --- phase and order parameter -------------------------------------------------------------
 
 
-def order_parameter(temperature: np.ndarray, t_up: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Order parameter of the ordered phase, ``(1 - T/T_up)**beta`` below ``T_up``, else 0.
+def first_order_branch(
+    temperature: np.ndarray, t_c: np.ndarray, supercooling: np.ndarray
+) -> np.ndarray:
+    """Tilt of the first-order Landau branch relative to its 0 K value, ``phi(T) / phi(0)``.
 
-    Dimensionless, 0 at and above ``T_up`` (K); multiply by the phase state
-    of :func:`relay_states` to get the sample's order parameter.
+    The 2-4-6 free energy ``G = A (T - T_0) Q^2 / 2 + B Q^4 / 4 + C Q^6 / 6``
+    with ``B < 0`` has the tilted minimum
+    ``Q^2 = (2/3) Q_c^2 (1 + sqrt(1 - (3/4)(T - T_0)/(T_c - T_0)))``, where
+    ``T_c - T_0 = supercooling`` and ``Q_c`` is the jump at ``T_c``; the branch
+    exists up to the superheating limit ``T_0 + (4/3)(T_c - T_0)`` (there it
+    is clipped, ``Q^2 = (2/3) Q_c^2``).
     """
-    reduced = np.clip(1.0 - np.asarray(temperature) / t_up, 0.0, 1.0)
-    return reduced ** np.asarray(beta)
+    t_0 = t_c - supercooling
+    root = np.sqrt(np.clip(1.0 - 0.75 * (np.asarray(temperature) - t_0) / supercooling, 0.0, None))
+    at_zero = 1.0 + np.sqrt(1.0 + 0.75 * t_0 / supercooling)
+    return np.sqrt((1.0 + root) / at_zero)
+
+
+def tilt_angle(temperature: np.ndarray, sample: SampleParameters) -> np.ndarray:
+    """Tilt (degrees) of the tilted phase at ``temperature`` (K); 0 where that phase cannot exist.
+
+    Continuous kinds: ``tilt0 (1 - T/T_c)^beta`` below ``T_c``. First order:
+    ``tilt0`` times :func:`first_order_branch`, at every temperature the
+    branch exists (whether a grain is tilted there is the phase history's
+    business: :func:`grain_states`). ``sample`` fields broadcast with ``temperature``.
+    """
+    temperature = np.asarray(temperature, dtype=float)
+    first = sample.kind == 0
+    beta = np.where(first, 1.0, np.nan_to_num(sample.beta, nan=1.0))
+    continuous = np.clip(1.0 - temperature / sample.t_c, 0.0, 1.0) ** beta
+    supercooling = np.where(first, np.nan_to_num(sample.supercooling, nan=1.0), 1.0)
+    branch = first_order_branch(temperature, sample.t_c, supercooling)
+    return sample.tilt0 * np.where(first, branch, continuous)
 
 
 def relay_states(
@@ -284,13 +451,13 @@ def relay_states(
     t_down: np.ndarray | float,
     t_up: np.ndarray | float,
 ) -> np.ndarray:
-    """Phase after each temperature of a history: True where the sample is ordered.
+    """Phase after each temperature of a history: True where the sample (a grain) is tilted.
 
-    The hysteresis is a relay: the sample becomes ordered when the
-    temperature falls below ``t_down`` and cubic when it rises above ``t_up``
-    (K); in between it keeps its previous phase (``ordered0`` before the
-    first temperature). Works along the last axis; leading axes broadcast
-    with ``ordered0``, ``t_down`` and ``t_up``.
+    The hysteresis is a relay: it becomes tilted when the temperature falls
+    below ``t_down`` and cubic when it rises above ``t_up`` (K); in between it
+    keeps its previous phase (``ordered0`` before the first temperature).
+    Works along the last axis; leading axes broadcast with ``ordered0``,
+    ``t_down`` and ``t_up``.
     """
     temperatures = np.asarray(temperatures, dtype=float)
     index = np.arange(temperatures.shape[-1])
@@ -302,6 +469,39 @@ def relay_states(
     return np.where(untouched, np.asarray(ordered0)[..., None], last_below > last_above)
 
 
+#: Standard-normal quantiles of the grains: grain k transforms ``coexistence * GRAIN_OFFSETS[k]``
+#: K away from ``T_down`` / ``T_up``, so the tilted volume fraction is a Gaussian CDF.
+GRAIN_OFFSETS = ndtri((np.arange(GRAINS) + 0.5) / GRAINS)
+
+
+def grain_thresholds(sample: SampleParameters) -> tuple[np.ndarray, np.ndarray]:
+    """Each grain's ``(T_down, T_up)`` (K), shape ``sample.shape + (GRAINS,)``."""
+    offset = np.asarray(sample.coexistence)[..., None] * GRAIN_OFFSETS
+    return sample.t_down[..., None] + offset, sample.t_up[..., None] + offset
+
+
+def grains_on_arrival(
+    start: np.ndarray, heating: np.ndarray, sample: SampleParameters
+) -> np.ndarray:
+    """Grains tilted (``sample.shape + (GRAINS,)``) when the stage arrives at ``start`` (K).
+
+    Along the ramp's own branch: a heating ramp arrives from below (a grain is
+    tilted below its ``T_up``), a cooling ramp from above (below its ``T_down``).
+    """
+    t_down, t_up = grain_thresholds(sample)
+    branch = np.where(np.asarray(heating)[..., None], t_up, t_down)
+    return np.asarray(start)[..., None] < branch
+
+
+def grain_states(
+    temperatures: np.ndarray, grains0: np.ndarray, sample: SampleParameters
+) -> np.ndarray:
+    """Tilted grains along a temperature history (..., T): shape (..., GRAINS, T)."""
+    t_down, t_up = grain_thresholds(sample)
+    history = np.asarray(temperatures, dtype=float)[..., None, :]
+    return relay_states(history, grains0, t_down, t_up)
+
+
 # --- diffraction ---------------------------------------------------------------------------
 
 
@@ -310,117 +510,174 @@ def two_theta_grid(config: OperandoConfig) -> np.ndarray:
     return np.linspace(*config.two_theta_range, config.n_points)
 
 
-def lattice_parameters(
-    temperature: np.ndarray,
-    eta: np.ndarray,
-    lattice: np.ndarray,
-    expansion: np.ndarray,
-    strain_max: np.ndarray,
-    reference_temperature: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tetragonal ``(a, c)`` in angstrom at ``temperature`` (K) and order parameter ``eta``.
+def tilt_vector(tilt_degrees: np.ndarray, tilt_system: np.ndarray) -> np.ndarray:
+    """Rotation vector (rad, pseudo-cubic axes; ``shape + (3,)``): tilt about the unit tilt axis.
 
-    Pseudo-cubic ``a0(T) = lattice (1 + expansion (T - T_ref))``; the
-    spontaneous strain ``e = strain_max * eta`` gives ``a = a0 (1 - e/3)``,
-    ``c = a0 (1 + 2e/3)`` (``c/a - 1 = e`` to first order, volume kept).
+    ``a-a-a-`` tilts by ``tilt / sqrt(3)`` about each pseudo-cubic axis: ``tilt`` is the
+    octahedron's rotation angle about [111].
     """
-    cubic = lattice * (1.0 + expansion * (np.asarray(temperature) - reference_temperature))
-    strain = strain_max * np.asarray(eta)
-    return cubic * (1.0 - strain / 3.0), cubic * (1.0 + 2.0 * strain / 3.0)
+    axes = np.array(list(TILT_SYSTEMS.values()))
+    axes = (axes / np.linalg.norm(axes, axis=1, keepdims=True))[np.asarray(tilt_system, dtype=int)]
+    return np.radians(np.asarray(tilt_degrees))[..., None] * axes
+
+
+def structure_factor_sq(
+    h: np.ndarray, rotation: np.ndarray, f_a: np.ndarray, f_b: np.ndarray, f_o: np.ndarray
+) -> np.ndarray:
+    """``|F|^2`` per pseudo-cubic cell (electrons^2) of reflections ``h`` (G, 3) of a tilted ABO3.
+
+    B at the origin, A at (1/2, 1/2, 1/2), O_i at e_i / 2. An antiphase (R-point)
+    tilt by the rotation vector ``w`` (rad, shape (..., 3)) moves O_i by
+    ``u_i = s_n w x e_i / 2`` in cell ``n`` (``s_n = (-1)^(n_x + n_y + n_z)``),
+    so with ``phi_i = 2 pi h.u_i``:
+
+    * parent (integer h): ``F = f_B + f_A (-1)^(h+k+l) + f_O sum_i (-1)^(h_i) cos(phi_i)``;
+    * superlattice (all half-integer h): ``F = i f_O sum_i sin(pi h_i) sin(phi_i)``,
+      the oxygens alone.
+
+    Both are ``f_O sum_i cos(pi h_i - phi_i)`` plus the cation terms of the parent.
+    ``f_a``, ``f_b``, ``f_o`` (form factors at each reflection's s) have shape (..., G).
+    """
+    w = np.asarray(rotation, dtype=float)[..., None, :]
+    hx, hy, hz = h[:, 0], h[:, 1], h[:, 2]
+    wx, wy, wz = w[..., 0], w[..., 1], w[..., 2]
+    phases = (
+        np.pi * (hy * wz - hz * wy),
+        np.pi * (hz * wx - hx * wz),
+        np.pi * (hx * wy - hy * wx),
+    )
+    oxygen = sum(np.cos(np.pi * h[:, i] - phase) for i, phase in enumerate(phases))
+    parent = np.all(np.isclose(h, np.rint(h)), axis=1)
+    cations = np.where(parent, f_b + f_a * np.cos(np.pi * h.sum(axis=1)), 0.0)
+    return (cations + f_o * oxygen) ** 2
+
+
+def strain_shape(tilt_system: int) -> np.ndarray:
+    """Unit spontaneous strain (3, 3) of a tilt system: ``n n^T - 1/3``, ``n`` the unit tilt axis.
+
+    Elongation along the tilt axis at constant volume: tetragonal ``c/a - 1 = e``
+    for ``a0a0c-``, rhombohedral shear ``e/3`` between all axes for ``a-a-a-``.
+    """
+    axis = np.array(list(TILT_SYSTEMS.values())[tilt_system])
+    axis = axis / np.linalg.norm(axis)
+    return np.outer(axis, axis) - np.eye(3) / 3.0
 
 
 @lru_cache(maxsize=16)
-def reflection_table(max_index_sq: float) -> dict[str, np.ndarray]:
-    """Powder reflections of the tetragonal cell with ``h^2+k^2+l^2 <= max_index_sq``.
+def reflection_groups(tilt_system: int, max_index_sq: float) -> dict[str, np.ndarray]:
+    """Powder reflections of the tilted perovskite with ``|h|^2 <= max_index_sq``, merged.
 
-    Integer (h, k, l) are parent (cubic) reflections; all-half-integer ones
-    are the superlattice of the doubled cell. Reflections with the same
-    ``h^2+k^2`` and ``l^2`` coincide in a tetragonal powder and are merged,
-    so ``multiplicity`` counts them. Returns arrays ``hk2``, ``l2``,
-    ``multiplicity`` and boolean ``superlattice``.
+    All integer (parent) and all-half-integer (superlattice) pseudo-cubic h; the
+    mixed ones have F = 0 for an R-point tilt. Reflections that coincide in the
+    powder (same ``|h|^2`` and strain projection ``p = h.eps.h / |h|^2``) and have
+    the same ``|F|^2`` at every tilt are one group (``multiplicity`` members);
+    superlattice groups with ``F = 0`` (e.g. (1/2 1/2 1/2), where all three
+    indices are equal) are left out. Returns ``h`` (a member, (G, 3)), ``h2``,
+    ``p``, ``multiplicity`` and boolean ``superlattice``.
     """
-    bound = math.ceil(math.sqrt(max_index_sq)) + 1
-    rows: dict[tuple[int, int, bool], int] = {}
-    for shift, is_superlattice in ((0.0, False), (0.5, True)):
-        values = np.arange(-bound, bound + 1) + shift
-        h, k, ell = np.meshgrid(values, values, values, indexing="ij")
-        hk2 = np.rint(4 * (h**2 + k**2)).astype(int).ravel()
-        l2 = np.rint(4 * ell**2).astype(int).ravel()
-        keep = ((hk2 + l2) > 0) & ((hk2 + l2) <= 4 * max_index_sq)
-        for key in zip(hk2[keep], l2[keep], strict=True):
-            row = (int(key[0]), int(key[1]), is_superlattice)
-            rows[row] = rows.get(row, 0) + 1
-    keys = sorted(rows)
+    bound = math.ceil(2 * math.sqrt(max_index_sq)) + 1
+    values = np.arange(-bound, bound + 1)
+    doubled = np.stack(np.meshgrid(values, values, values, indexing="ij"), -1).reshape(-1, 3)
+    parity = doubled % 2
+    same = np.all(parity == parity[:, :1], axis=1)
+    size = (doubled**2).sum(1)
+    doubled = doubled[same & (size > 0) & (size <= 4 * max_index_sq)]
+    h = doubled / 2.0
+    h2 = (h**2).sum(1)
+    p = np.einsum("gi,ij,gj->g", h, strain_shape(tilt_system), h) / h2
+    probes = [
+        structure_factor_sq(h, tilt_vector(np.array(angle), tilt_system), 2.1, 1.3, 0.37)
+        for angle in (3.0, 11.0)
+    ]
+    key = np.stack([np.rint(4 * h2), np.rint(p * 1e6), *(np.rint(q * 1e9) for q in probes)], 1)
+    _, first, counts = np.unique(key, axis=0, return_index=True, return_counts=True)
+    superlattice = doubled[first, 0] % 2 == 1
+    visible = ~superlattice | (probes[1][first] > 1e-9)
+    keep = first[visible]
     return {
-        "hk2": np.array([k[0] for k in keys], dtype=float) / 4.0,
-        "l2": np.array([k[1] for k in keys], dtype=float) / 4.0,
-        "multiplicity": np.array([rows[k] for k in keys], dtype=float),
-        "superlattice": np.array([k[2] for k in keys], dtype=bool),
+        "h": h[keep],
+        "h2": h2[keep],
+        "p": p[keep],
+        "multiplicity": counts[visible].astype(float),
+        "superlattice": superlattice[visible],
     }
 
 
-def _config_reflections(config: OperandoConfig) -> dict[str, np.ndarray]:
-    """The reflections that can fall on the detector for any sample of ``config``."""
+def _config_groups(config: OperandoConfig, tilt_system: int) -> dict[str, np.ndarray]:
+    """The reflection groups that can fall on the detector for any sample of ``config``."""
     high = config.temperature_limits[1]
-    a_max = config.lattice_range[1] * (
-        1 + config.expansion_range[1] * (high - config.reference_temperature)
-    )
-    a_max *= 1 + config.strain_range[1]
+    lattices = [m.lattice for m in MATERIALS if m.name in config.materials]
+    a_max = max(lattices) * (1 + config.lattice_spread)
+    a_max *= 1 + config.expansion_range[1] * (high - config.reference_temperature)
+    a_max *= 1 + config.strain_coupling_range[1] * math.radians(config.tilt_range[1]) ** 2
     theta_max = math.radians(min(config.two_theta_range[1] + 2.0, 179.0) / 2.0)
     d_min = config.wavelength / (2.0 * math.sin(theta_max))
-    return reflection_table(round((a_max / d_min) ** 2, 3))
+    return reflection_groups(tilt_system, round((a_max / d_min) ** 2, 3))
 
 
-def scattering_factor(s: np.ndarray) -> np.ndarray:
-    """Effective scattering factor (1 at s = 0) at ``s = sin(theta)/lambda`` (1/angstrom).
-
-    ``f(s) = 0.25 + 0.75 exp(-12 s^2)``: a heavy-atom-like fall-off.
-    """
-    return 0.25 + 0.75 * np.exp(-12.0 * np.asarray(s) ** 2)
+def spontaneous_strain(tilt_degrees: np.ndarray, strain_coupling: np.ndarray) -> np.ndarray:
+    """Spontaneous strain ``e = kappa phi^2`` (phi in rad): the order parameter squared."""
+    return strain_coupling * np.radians(np.asarray(tilt_degrees)) ** 2
 
 
 def reflections(
-    temperature: np.ndarray, eta: np.ndarray, sample: SampleParameters, config: OperandoConfig
+    temperature: np.ndarray,
+    strain: np.ndarray,
+    tilts: np.ndarray,
+    weights: np.ndarray,
+    sample: SampleParameters,
+    config: OperandoConfig,
+    groups: dict[str, np.ndarray],
+    superlattice: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Peak centres (deg 2theta), FWHM (deg) and integrated counts, each (N, K), for N frames.
+    """Peak centres (deg 2theta), FWHM (deg) and integrated counts, each (N, 2G), of N frames.
 
-    ``temperature`` (K) and ``eta`` have shape (N,); ``sample`` fields
-    broadcast to (N,). Integrated counts per reflection:
-    ``scale * intensity_scale * m * LP(theta) * f(s)^2 * exp(-2 B(T) s^2) * w``
-    with ``LP = (1 + cos^2 2theta) / (sin^2 theta cos theta)``,
-    ``B(T) = debye_waller_slope * T`` and ``w = 1`` (parent) or
-    ``superlattice * eta^2`` (superlattice).
+    One phase state per frame: peak positions at ``temperature`` (K) and
+    spontaneous ``strain`` (both (N,)); intensities summed over the exposure's
+    tilts (degrees) with their ``weights`` (both (N, M); the phase's volume
+    fraction per sub-step over M). ``sample`` fields have shape (N,) and one
+    tilt system, that of ``groups``. Per reflection, K-alpha1 then K-alpha2:
+    ``scale * intensity_scale * m * LP(theta) * |F|^2 * exp(-2 B(T) s^2) * (1 or ka2_ratio)``
+    with ``1/d^2 = |h|^2 (1 - 2 e p) / a0(T)^2``, ``a0(T) = a (1 + alpha (T - T_ref))``,
+    ``LP = (1 + cos^2 2theta) / (sin^2 theta cos theta)``, ``B(T) = debye_waller_slope * T``.
+    ``superlattice=False`` leaves the superlattice groups out (the cubic phase).
     """
-    table = _config_reflections(config)
-    a, c = lattice_parameters(
-        temperature,
-        eta,
-        sample.lattice,
-        sample.expansion,
-        sample.strain_max,
-        config.reference_temperature,
-    )
-    inv_d2 = table["hk2"] / a[:, None] ** 2 + table["l2"] / c[:, None] ** 2
-    sin_theta = config.wavelength * np.sqrt(inv_d2) / 2.0
-    on_sphere = sin_theta < 1.0
-    theta = np.arcsin(np.minimum(sin_theta, 1.0 - 1e-9))
-    s2 = inv_d2 / 4.0
-    lorentz_polarisation = (1.0 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
-    debye_waller = np.exp(-2.0 * config.debye_waller_slope * np.asarray(temperature)[:, None] * s2)
-    weight = np.where(
-        table["superlattice"], (sample.superlattice * np.asarray(eta) ** 2)[:, None], 1.0
-    )
-    area = (
+    rows = np.ones(groups["h2"].size, dtype=bool) if superlattice else ~groups["superlattice"]
+    h, h2, p = groups["h"][rows], groups["h2"][rows], groups["p"][rows]
+    temperature = np.asarray(temperature, dtype=float)
+    a0 = sample.lattice * (1.0 + sample.expansion * (temperature - config.reference_temperature))
+    inv_d2 = h2 * (1.0 - 2.0 * np.asarray(strain)[:, None] * p) / a0[:, None] ** 2
+    s = np.sqrt(inv_d2) / 2.0
+    material = np.asarray(sample.material, dtype=int)
+    f_o = form_factor("O", s)
+    f_a = np.empty_like(s)
+    f_b = np.empty_like(s)
+    for index in np.unique(material):
+        chosen = material == index
+        f_a[chosen] = form_factor(MATERIALS[index].a_site, s[chosen])
+        f_b[chosen] = form_factor(MATERIALS[index].b_site, s[chosen])
+    system = int(np.asarray(sample.tilt_system).flat[0]) if material.size else 0
+    f_sq = np.zeros_like(s)
+    for m in range(np.shape(tilts)[1]):
+        rotation = tilt_vector(np.asarray(tilts)[:, m], system)
+        f_sq += np.asarray(weights)[:, m, None] * structure_factor_sq(h, rotation, f_a, f_b, f_o)
+    debye_waller = np.exp(-2.0 * config.debye_waller_slope * temperature[:, None] * s**2)
+    common = (
         (config.intensity_scale * sample.scale)[:, None]
-        * table["multiplicity"]
-        * lorentz_polarisation
-        * scattering_factor(np.sqrt(s2)) ** 2
+        * groups["multiplicity"][rows]
+        * f_sq
         * debye_waller
-        * weight
-        * on_sphere
     )
-    fwhm = config.fwhm_base + config.fwhm_tan * np.tan(theta)
-    return np.degrees(2 * theta), fwhm, area
+    centres, widths, areas = [], [], []
+    for wavelength, share in ((config.wavelength, 1.0), (config.wavelength_ka2, config.ka2_ratio)):
+        sin_theta = wavelength * s
+        on_sphere = sin_theta < 1.0
+        theta = np.arcsin(np.minimum(sin_theta, 1.0 - 1e-9))
+        lorentz_polarisation = (1.0 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
+        centres.append(np.degrees(2 * theta))
+        widths.append(config.fwhm_base + config.fwhm_tan * np.tan(theta))
+        areas.append(share * common * lorentz_polarisation * on_sphere)
+    return tuple(np.concatenate(parts, axis=1) for parts in (centres, widths, areas))
 
 
 def background_profile(two_theta: np.ndarray, config: OperandoConfig) -> np.ndarray:
@@ -456,39 +713,82 @@ def _gaussian_profiles(
 
 def expected_pattern(
     two_theta: np.ndarray,
-    temperature: np.ndarray,
-    eta: np.ndarray,
+    temperatures: np.ndarray,
+    tilted_fraction: np.ndarray,
     sample: SampleParameters,
     config: OperandoConfig,
 ) -> np.ndarray:
-    """Noise-free counts per channel (shape ``temperature.shape + (P,)``) for each frame.
+    """Noise-free counts per channel (shape S + (P,)) of frames exposed over ``temperatures``.
 
-    ``temperature`` (K) and ``eta`` may have any shape S; ``sample`` fields
-    broadcast to S. Gaussian peaks from :func:`reflections` on
-    :func:`background_profile`.
+    ``temperatures`` (K) and ``tilted_fraction`` (the tilted phase's volume
+    fraction) have shape S + (M,): M sub-steps of each frame's exposure;
+    ``sample`` fields broadcast to S. A frame is the volume-weighted sum of
+    the two phases over its exposure: the cubic phase at the exposure's mean
+    temperature, and the tilted phase with its intensities summed over the
+    sub-steps' tilts (:func:`tilt_angle`) and its peaks at the exposure's
+    mean temperature and volume-weighted mean strain. Gaussian peaks of
+    :func:`reflections` on :func:`background_profile`.
     """
-    shape = np.shape(temperature)
-    flat_sample = SampleParameters(
+    temperatures = np.asarray(temperatures, dtype=float)
+    shape, substeps = temperatures.shape[:-1], temperatures.shape[-1]
+    flat = SampleParameters(
         **{f.name: np.broadcast_to(getattr(sample, f.name), shape).ravel() for f in fields(sample)}
     )
-    temperature = np.ravel(temperature).astype(float)
-    eta = np.broadcast_to(eta, shape).ravel().astype(float)
-    centres, fwhm, areas = reflections(temperature, eta, flat_sample, config)
+    temperatures = temperatures.reshape(-1, substeps)
+    fraction = np.broadcast_to(tilted_fraction, (*shape, substeps)).reshape(-1, substeps)
+    mean_temperature = temperatures.mean(axis=1)
+    tilts = tilt_angle(temperatures, flat.take((slice(None), None)))
+    tilted_weight = fraction / substeps
+    cubic_weight = 1.0 - tilted_weight.sum(axis=1, keepdims=True)
+    strain = (tilted_weight * spontaneous_strain(tilts, flat.strain_coupling[:, None])).sum(1)
+    strain = strain / np.maximum(tilted_weight.sum(axis=1), 1e-12)
     half = _window_half_width(two_theta, config)
-    peaks = _gaussian_profiles(two_theta, centres, fwhm, areas, half)
+    peaks = np.zeros((mean_temperature.size, two_theta.size))
+    has_cubic, has_tilted = cubic_weight[:, 0] > 1e-12, tilted_weight.sum(axis=1) > 0
+    for system in np.unique(flat.tilt_system):
+        groups = _config_groups(config, int(system))
+        for cubic, tilted in ((True, False), (False, True), (True, True)):
+            chosen = np.flatnonzero(
+                (flat.tilt_system == system) & (has_cubic == cubic) & (has_tilted == tilted)
+            )
+            if not chosen.size:
+                continue
+            part, at = flat.take(chosen), mean_temperature[chosen]
+            rows = []
+            if cubic:
+                zero = np.zeros((chosen.size, 1))
+                rows.append(
+                    reflections(
+                        at, zero[:, 0], zero, cubic_weight[chosen], part, config, groups, False
+                    )
+                )
+            if tilted:
+                rows.append(
+                    reflections(
+                        at,
+                        strain[chosen],
+                        tilts[chosen],
+                        tilted_weight[chosen],
+                        part,
+                        config,
+                        groups,
+                    )
+                )
+            centres, fwhm, areas = (np.concatenate([r[i] for r in rows], axis=1) for i in range(3))
+            peaks[chosen] = _gaussian_profiles(two_theta, centres, fwhm, areas, half)
     return (peaks + background_profile(two_theta, config)).reshape(*shape, two_theta.size)
 
 
 def measure_patterns(
     rng: np.random.Generator,
     two_theta: np.ndarray,
-    temperature: np.ndarray,
-    eta: np.ndarray,
+    temperatures: np.ndarray,
+    tilted_fraction: np.ndarray,
     sample: SampleParameters,
     config: OperandoConfig,
 ) -> np.ndarray:
     """Poisson-sampled counts (float32) of :func:`expected_pattern`: what the detector records."""
-    expected = expected_pattern(two_theta, temperature, eta, sample, config)
+    expected = expected_pattern(two_theta, temperatures, tilted_fraction, sample, config)
     return rng.poisson(expected).astype(np.float32)
 
 
@@ -531,8 +831,9 @@ def _plan_ramps(
     heating = direction > 0
     length = ramp_lag_distance((config.n_frames - 1) * config.frame_time, config.time_constant)
     first, last = config.onset_window
-    early = ramp_lag_distance((first - 1) * config.frame_time, config.time_constant)
-    late = ramp_lag_distance(last * config.frame_time, config.time_constant)
+    middle = config.frame_time / 2.0  # a frame's temperature is its exposure's mean
+    early = ramp_lag_distance((first - 1) * config.frame_time + middle, config.time_constant)
+    late = ramp_lag_distance(last * config.frame_time + middle, config.time_constant)
 
     margin = config.no_transition_margin
     room_below = branch - margin - low
@@ -567,16 +868,22 @@ def _plan_ramps(
 
 
 def ramp_temperatures(plan: RampPlan, config: OperandoConfig) -> np.ndarray:
-    """Readback temperature (K) at each frame, shape (n, n_frames), from equilibrium at ``start``.
+    """Readback (K) during each frame's exposure, shape (n, n_frames, exposure_substeps).
 
     The controller ramps the setpoint at ``rate`` from ``start`` (with the
     target beyond the last frame) and the readback follows
-    :func:`lagged_readback`; frame ``j`` is taken at ``j * frame_time`` s.
+    :func:`lagged_readback` from equilibrium at ``start``; frame ``j`` is
+    exposed from ``j * frame_time`` to ``(j + 1) * frame_time`` s, sampled at
+    the midpoints of ``exposure_substeps`` equal parts. The frame's
+    temperature is their mean.
     """
-    times = np.arange(config.n_frames) * config.frame_time
-    start = plan.start[:, None]
-    rate = plan.rate[:, None]
-    target = start + plan.direction[:, None] * rate * (times[-1] + config.frame_time)
+    substeps = config.exposure_substeps
+    times = (
+        np.arange(config.n_frames)[:, None] + (np.arange(substeps) + 0.5) / substeps
+    ) * config.frame_time
+    start = plan.start[:, None, None]
+    rate = plan.rate[:, None, None]
+    target = start + plan.direction[:, None, None] * rate * (config.n_frames * config.frame_time)
     return lagged_readback(times, start, target, rate, config.time_constant, start)
 
 
@@ -584,30 +891,39 @@ def simulate(n: int, seed: int = 0, config: OperandoConfig | None = None) -> Sim
     """``n`` labelled temperature ramps of ``n_frames`` powder patterns each.
 
     inputs: ``patterns`` (n, n_frames, n_points) float32 counts;
-    ``temperatures`` (n, n_frames) float32 readback K at each frame.
+    ``temperatures`` (n, n_frames) float32 readback K, each frame's exposure mean.
     labels: ``transformed`` (n, n_frames) bool, True from the frame in which
-    the sample has left its starting phase; ``onset`` (n,) int, the first
-    such frame or -1; ``ordered`` (n, n_frames) bool, ``eta`` (n, n_frames)
-    order parameter; per ramp ``tc``, ``beta``, ``hysteresis``, ``t_up``,
-    ``t_down`` (K), ``direction`` (+1 heating, -1 cooling), ``ramp_rate``
-    (K/min), ``start_temperature`` (K), ``has_transition`` and the nuisances
-    ``lattice``, ``expansion``, ``strain_max``, ``superlattice``, ``scale``.
-    Every ramp arrives at its start temperature along its own branch, so it
-    starts ordered exactly when its start is below ``T_up`` (heating) or
-    ``T_down`` (cooling).
+    the sample has left its starting phase (at least half its volume, averaged
+    over the exposure); ``onset`` (n,) int, the first such frame or -1;
+    ``tilted_fraction`` (n, n_frames) the tilted volume fraction and ``tilt``
+    (n, n_frames) the tilted phase's tilt (degrees; 0 where no grain is tilted),
+    exposure means; per ramp ``kind`` (index into :data:`KINDS`), ``tc``,
+    ``beta`` (NaN for first order), ``hysteresis``, ``t_up``, ``t_down``,
+    ``supercooling``, ``coexistence`` (K), ``direction`` (+1 heating, -1
+    cooling), ``ramp_rate`` (K/min), ``start_temperature`` (K),
+    ``has_transition`` and the structure: ``material`` (index into
+    :data:`MATERIALS`), ``tilt_system`` (index into :data:`TILT_SYSTEMS`),
+    ``tilt0``, ``strain_coupling``, ``lattice``, ``expansion``, ``scale``.
+    Every ramp arrives at its start temperature along its own branch
+    (:func:`grains_on_arrival`).
     """
     config = config or OperandoConfig()
     rng = np.random.default_rng(seed)
     sample = draw_sample_parameters(rng, n, config)
     plan = _plan_ramps(rng, sample, config)
-    temperatures = ramp_temperatures(plan, config)
-    branch = np.where(plan.direction > 0, sample.t_up, sample.t_down)
-    ordered0 = plan.start < branch
-    ordered = relay_states(temperatures, ordered0, sample.t_down, sample.t_up)
-    transformed = ordered != ordered0[:, None]
+    exposures = ramp_temperatures(plan, config)
+    substeps = config.exposure_substeps
+    grains0 = grains_on_arrival(plan.start, plan.direction > 0, sample)
+    history = exposures.reshape(n, config.n_frames * substeps)
+    states = grain_states(history, grains0, sample)
+    tilted = states.mean(axis=1).reshape(n, config.n_frames, substeps)
+    left = (states != grains0[..., None]).mean(axis=1).reshape(n, config.n_frames, substeps)
+    transformed = left.mean(axis=2) >= 0.5
     has_transition = transformed.any(axis=1)
     onset = np.where(has_transition, transformed.argmax(axis=1), -1)
-    eta = order_parameter(temperatures, sample.t_up[:, None], sample.beta[:, None]) * ordered
+    temperatures = exposures.mean(axis=2)
+    fraction = tilted.mean(axis=2)
+    tilt = np.where(fraction > 0, tilt_angle(temperatures, sample.take((slice(None), None))), 0.0)
 
     two_theta = two_theta_grid(config)
     patterns = np.empty((n, config.n_frames, config.n_points), dtype=np.float32)
@@ -615,20 +931,16 @@ def simulate(n: int, seed: int = 0, config: OperandoConfig | None = None) -> Sim
     for begin in range(0, n, chunk):
         part = slice(begin, min(begin + chunk, n))
         patterns[part] = measure_patterns(
-            rng,
-            two_theta,
-            temperatures[part],
-            eta[part],
-            sample.take((part, None)),
-            config,
+            rng, two_theta, exposures[part], tilted[part], sample.take((part, None)), config
         )
 
     labels = {
         "transformed": transformed,
         "onset": onset.astype(np.int64),
-        "ordered": ordered,
-        "eta": eta.astype(np.float32),
+        "tilted_fraction": fraction.astype(np.float32),
+        "tilt": tilt.astype(np.float32),
         "has_transition": has_transition,
+        "kind": sample.kind.astype(np.int64),
         "tc": sample.t_c,
         "beta": sample.beta,
         "hysteresis": sample.hysteresis,
@@ -637,9 +949,19 @@ def simulate(n: int, seed: int = 0, config: OperandoConfig | None = None) -> Sim
         "direction": plan.direction,
         "ramp_rate": plan.rate * 60.0,
         "start_temperature": plan.start,
+        "material": sample.material.astype(np.int64),
+        "tilt_system": sample.tilt_system.astype(np.int64),
         **{
             k: getattr(sample, k)
-            for k in ("lattice", "expansion", "strain_max", "superlattice", "scale")
+            for k in (
+                "supercooling",
+                "coexistence",
+                "tilt0",
+                "strain_coupling",
+                "lattice",
+                "expansion",
+                "scale",
+            )
         },
     }
     return SimulatedSet(
@@ -657,15 +979,21 @@ def simulate(n: int, seed: int = 0, config: OperandoConfig | None = None) -> Sim
             "t_up": "K",
             "t_down": "K",
             "hysteresis": "K",
+            "supercooling": "K",
+            "coexistence": "K",
             "ramp_rate": "K/min",
             "start_temperature": "K",
             "lattice": "angstrom",
             "expansion": "1/K",
             "beta": "",
-            "eta": "",
-            "strain_max": "",
-            "superlattice": "",
+            "tilt": "deg",
+            "tilt0": "deg",
+            "tilted_fraction": "",
+            "strain_coupling": "1/rad^2",
             "scale": "",
+            "kind": f"index into {list(KINDS)}",
+            "material": f"index into {[m.name for m in MATERIALS]}",
+            "tilt_system": f"index into {list(TILT_SYSTEMS)}",
             "direction": "+1 heating, -1 cooling",
             "onset": "frame index (-1: none)",
         },
@@ -806,6 +1134,14 @@ class TemperatureController(Device, PositionerBase):
         self.target.put(float(self.setpoint.get()))
         self._done_moving(success=success)
 
+    def readbacks_ahead(self, seconds: float, samples: int) -> np.ndarray:
+        """Readbacks (K) at the midpoints of ``samples`` equal parts of the next ``seconds``.
+
+        What a detector exposing for ``seconds`` from now sees; the clock does not move.
+        """
+        parts = (np.arange(samples) + 0.5) / samples
+        return self._readback_at(self._now + parts * float(seconds))
+
     def time_to_settle(self) -> float:
         """Simulated seconds until the setpoint is at the target and the readback in tolerance."""
         seg = self._segment
@@ -887,21 +1223,24 @@ class TemperatureController(Device, PositionerBase):
 class OperandoDetector(Device):
     """1-D powder diffractometer looking at the sample on a :class:`TemperatureController`.
 
-    ``trigger()`` records one frame at the controller's current readback
-    temperature (snapshot), then advances the controller's simulated clock by
-    ``frame_time`` (s), so ``bp.count`` during a ramp takes frames every
-    ``frame_time``. Read keys: ``<name>_pattern`` (n_points,) float32 counts
-    and ``<name>_temperature`` K (the frame's temperature). Hidden truth:
-    :attr:`truth`, and the omitted signals ``<name>_order_parameter`` and
-    ``<name>_ordered`` (set their ``kind`` to ``"normal"`` to record them).
-    The sample starts in the phase it has when arriving at the controller's
-    temperature on cooling (ordered below ``T_down``).
+    ``trigger()`` exposes one frame while the controller's readback moves over
+    the next ``frame_time`` (s): the pattern integrates the sample over
+    ``exposure_substeps`` temperatures of that interval (its grains transform
+    as the temperature passes their thresholds), then the controller's
+    simulated clock advances by ``frame_time``, so ``bp.count`` during a ramp
+    takes frames back to back. Read keys: ``<name>_pattern`` (n_points,)
+    float32 counts and ``<name>_temperature`` K (the exposure's mean). Hidden
+    truth: :attr:`truth`, and the omitted signals ``<name>_order_parameter``
+    (volume-weighted mean tilt, degrees) and ``<name>_ordered`` (1 if at least
+    half the volume is tilted; set their ``kind`` to ``"normal"`` to record
+    them). The sample starts in the phase it has when arriving at the
+    controller's temperature on cooling (tilted below ``T_down``).
     """
 
     pattern = Cpt(_ComputedSignal, value=np.zeros(512, np.float32), kind="normal", units="counts")
     temperature = Cpt(_ComputedSignal, value=300.0, kind="normal", units="K")
     frame_time = Cpt(RangeSignal, value=30.0, kind="config", units="s", limits=(0.01, 3600.0))
-    order_parameter = Cpt(_ComputedSignal, value=0.0, kind="omitted")
+    order_parameter = Cpt(_ComputedSignal, value=0.0, kind="omitted", units="deg")
     ordered = Cpt(_ComputedSignal, value=0, kind="omitted")
 
     def __init__(
@@ -913,25 +1252,26 @@ class OperandoDetector(Device):
         seed: int = 0,
         config: OperandoConfig | None = None,
         t_c: float | None = None,
-        beta: float | None = None,
+        kind: str | None = None,
         hysteresis: float | None = None,
+        material: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(prefix=prefix, name=name, **kwargs)
         self._config = config or OperandoConfig()
         sample_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
-        sample = draw_sample_parameters(np.random.default_rng(sample_seed), 1, self._config)
-        chosen = {"t_c": t_c, "beta": beta, "hysteresis": hysteresis}
-        self._sample = replace(
-            sample, **{k: np.array([float(v)]) for k, v in chosen.items() if v is not None}
-        )
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        rng = np.random.default_rng(sample_seed)
+        sample = draw_sample_parameters(rng, 1, self._config, kind)
+        self._sample = _chosen_sample(sample, t_c, hysteresis, material)
         self._rng = np.random.default_rng(noise_seed)
         self._controller = controller
         self.two_theta = two_theta_grid(self._config)
         self.frame_time.put(self._config.frame_time)
         self.pattern._update(np.zeros(self._config.n_points, np.float32))
-        self._ordered = bool(controller.position < self._sample.t_down[0])
-        self.ordered._update(int(self._ordered))
+        self._grains = grains_on_arrival(np.array([controller.position]), False, self._sample)[0]
+        self.ordered._update(int(self._grains.mean() >= 0.5))
         controller.add_temperature_listener(self._follow_temperature)
 
     @property
@@ -945,60 +1285,86 @@ class OperandoDetector(Device):
         return self._sample
 
     @property
-    def truth(self) -> dict[str, float | bool]:
-        """Hidden truth: T_c, beta, hysteresis, T_up, T_down (K) and the present phase and eta."""
+    def truth(self) -> dict[str, Any]:
+        """Hidden truth: the material and transition, and the present phase."""
         sample = self._sample
+        temperature = self._controller.position
+        fraction = float(self._grains.mean())
         return {
+            "material": MATERIALS[int(sample.material[0])].name,
+            "tilt_system": list(TILT_SYSTEMS)[int(sample.tilt_system[0])],
+            "kind": KINDS[int(sample.kind[0])],
             "t_c": float(sample.t_c[0]),
             "beta": float(sample.beta[0]),
             "hysteresis": float(sample.hysteresis[0]),
             "t_up": float(sample.t_up[0]),
             "t_down": float(sample.t_down[0]),
-            "ordered": self._ordered,
-            "order_parameter": self._eta(self._controller.position),
+            "coexistence": float(sample.coexistence[0]),
+            "ordered": fraction >= 0.5,
+            "tilted_fraction": fraction,
+            "tilt": float(tilt_angle(temperature, sample)[0]) if fraction > 0 else 0.0,
         }
 
-    def _eta(self, temperature: float) -> float:
-        """Order parameter of the sample in its present phase at ``temperature`` (K)."""
-        if not self._ordered:
-            return 0.0
-        return float(order_parameter(temperature, self._sample.t_up[0], self._sample.beta[0]))
-
     def _follow_temperature(self, readbacks: np.ndarray) -> None:
-        """Update the phase along the readback history the controller went through."""
-        states = relay_states(
-            readbacks, self._ordered, self._sample.t_down[0], self._sample.t_up[0]
-        )
-        self._ordered = bool(states[-1])
+        """Update the grains' phases along the readback history the controller went through."""
+        self._grains = grain_states(readbacks, self._grains, self._sample.take(0))[:, -1]
 
     def trigger(self) -> DeviceStatus:
-        """Record a frame at the present readback, then let ``frame_time`` pass on the stage."""
-        temperature = self._controller.position
-        eta = self._eta(temperature)
+        """Expose a frame over the next ``frame_time`` of the ramp, then let that time pass."""
+        config, sample = self._config, self._sample
+        seconds = float(self.frame_time.get())
+        temperatures = self._controller.readbacks_ahead(seconds, config.exposure_substeps)
+        fraction = grain_states(temperatures, self._grains, sample.take(0)).mean(axis=0)
         counts = measure_patterns(
-            self._rng,
-            self.two_theta,
-            np.array([temperature]),
-            np.array([eta]),
-            self._sample,
-            self._config,
+            self._rng, self.two_theta, temperatures[None], fraction[None], sample, config
         )[0]
+        tilt = tilt_angle(temperatures, sample.take(0)) * fraction
         self.pattern._update(counts)
-        self.temperature._update(temperature)
-        self.order_parameter._update(eta)
-        self.ordered._update(int(self._ordered))
-        self._controller.advance(float(self.frame_time.get()))
+        self.temperature._update(float(temperatures.mean()))
+        self.order_parameter._update(float(tilt.mean()))
+        self.ordered._update(int(fraction.mean() >= 0.5))
+        self._controller.advance(seconds)
         status = DeviceStatus(self)
         status.set_finished()
         return status
 
 
-def make_devices(seed: int = 0, config: OperandoConfig | None = None) -> dict[str, Device]:
-    """A temperature controller at 300 K and an operando detector on it, ready for a RunEngine."""
+def _chosen_sample(
+    sample: SampleParameters, t_c: float | None, hysteresis: float | None, material: str | None
+) -> SampleParameters:
+    """``sample`` with the transition temperature, hysteresis and material a caller chose."""
+    changes: dict[str, np.ndarray] = {}
+    if t_c is not None:
+        changes["t_c"] = np.array([float(t_c)])
+    if material is not None:
+        names = [m.name for m in MATERIALS]
+        if material not in names:
+            raise ValueError(f"material must be one of {names}, got {material!r}")
+        index = names.index(material)
+        changes["material"] = np.array([index])
+        changes["lattice"] = np.array([MATERIALS[index].lattice])
+    if hysteresis is not None:
+        if int(sample.kind[0]) != 0:
+            raise ValueError("hysteresis applies to a first-order sample (kind='first_order')")
+        changes["hysteresis"] = np.array([float(hysteresis)])
+    return replace(sample, **changes)
+
+
+def make_devices(
+    seed: int = 0, config: OperandoConfig | None = None, kind: str | None = "first_order"
+) -> dict[str, Device]:
+    """A temperature controller at 300 K and an operando detector on it, ready for a RunEngine.
+
+    The sample is drawn from ``config``'s family with ``seed``, with a
+    transition of ``kind`` (first order by default: the transition the demos
+    show and the live detector flags within a frame or two; None draws the kind too).
+    """
     config = config or OperandoConfig()
     controller = TemperatureController(name="temperature", limits=config.temperature_limits)
     controller.time_constant.put(config.time_constant)
-    detector = OperandoDetector(name="operando", controller=controller, seed=seed, config=config)
+    detector = OperandoDetector(
+        name="operando", controller=controller, seed=seed, config=config, kind=kind
+    )
     return {"temperature": controller, "operando": detector}
 
 

@@ -31,115 +31,134 @@ def run_events(plan: Any) -> list[dict[str, Any]]:
     return events
 
 
-def superlattice_excess(patterns: np.ndarray, two_theta: np.ndarray) -> np.ndarray:
-    """Background-subtracted counts in the (1/2 1/2 1/2) window of each pattern."""
-    window = (two_theta > 18.7) & (two_theta < 19.7)
-    sides = ((two_theta > 17.6) & (two_theta < 18.4)) | ((two_theta > 20.0) & (two_theta < 20.8))
+def superlattice_excess(patterns: np.ndarray, two_theta: np.ndarray, a: float) -> np.ndarray:
+    """Background-subtracted counts in the (3/2 1/2 1/2) window of lattice ``a`` (angstrom)."""
+    centre = 2 * np.degrees(np.arcsin(1.54056 * np.sqrt(11) / (4 * a)))
+    offset = two_theta - centre
+    window = (offset > -0.35) & (offset < 0.45)
+    sides = ((offset > -1.3) & (offset < -0.7)) | ((offset > 0.65) & (offset < 0.95))
     patterns = np.asarray(patterns, dtype=float)
     return patterns[..., window].sum(-1) - patterns[..., sides].mean(-1) * window.sum()
 
 
 def ramps_figure(path: Path) -> None:
-    """Waterfalls of a cooling and a heating ramp from simulate(), onset marked."""
-    data = op.simulate(40, seed=2)
+    """Change since the first frame along ramps of each transition type, onset marked."""
+    data = op.simulate(80, seed=2)
     labels, grid = data.labels, data.coords["two_theta"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6), constrained_layout=True)
+    crossing = labels["onset"] >= 0
     picks = {
-        "cooling, transition": np.flatnonzero((labels["direction"] < 0) & (labels["onset"] >= 0))[
-            0
-        ],
-        "heating, transition": np.flatnonzero((labels["direction"] > 0) & (labels["onset"] >= 0))[
-            0
-        ],
-        "no transition": np.flatnonzero(labels["onset"] < 0)[0],
+        "first order, cooling": np.flatnonzero(
+            crossing & (labels["kind"] == 0) & (labels["direction"] < 0)
+        )[0],
+        "tricritical, heating": np.flatnonzero(
+            crossing & (labels["kind"] == 1) & (labels["direction"] > 0)
+        )[0],
+        "second order, cooling": np.flatnonzero(
+            crossing & (labels["kind"] == 2) & (labels["direction"] < 0)
+        )[0],
+        "no transition": np.flatnonzero(~crossing)[0],
     }
     for ax, (title, i) in zip(axes, picks.items(), strict=True):
         temps = data.inputs["temperatures"][i]
+        patterns = data.inputs["patterns"][i].astype(float)
+        change = (patterns - patterns[0]) / np.sqrt(patterns[0] + 1.0)
         image = ax.imshow(
-            np.log10(data.inputs["patterns"][i]),
+            np.clip(change, -10, 10),
             aspect="auto",
             origin="lower",
             extent=(grid[0], grid[-1], -0.5, len(temps) - 0.5),
-            cmap="viridis",
+            cmap="RdBu_r",
+            vmin=-10,
+            vmax=10,
         )
         if labels["onset"][i] >= 0:
-            ax.axhline(labels["onset"][i], color="w", ls="--", lw=1)
-            ax.text(grid[0] + 0.5, labels["onset"][i] + 1, "onset", color="w")
+            ax.axhline(labels["onset"][i], color="k", ls="--", lw=1)
+            ax.text(grid[0] + 0.5, labels["onset"][i] + 1, "onset", color="k")
+        material = op.MATERIALS[labels["material"][i]].name
+        system = list(op.TILT_SYSTEMS)[labels["tilt_system"][i]]
         ax.set_title(
-            f"{title}\nT {temps[0]:.0f} -> {temps[-1]:.0f} K, T_c = {labels['tc'][i]:.0f} K, "
-            f"beta = {labels['beta'][i]:.2f}",
+            f"{title}: {material} {system}\nT {temps[0]:.0f} -> {temps[-1]:.0f} K, "
+            f"T_c = {labels['tc'][i]:.0f} K, tilt0 = {labels['tilt0'][i]:.1f} deg",
             fontsize=9,
         )
         ax.set_xlabel("2theta (deg)")
         ax.set_ylabel("frame")
-    fig.colorbar(image, ax=axes, label="log10 counts")
-    fig.savefig(path, dpi=90)
+    fig.colorbar(image, ax=axes, label="change since frame 0 (Poisson sigmas)")
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
 def physics_figure(path: Path) -> None:
-    """Hysteresis loop, superlattice and (200) splitting, and the readback lag."""
-    controller = op.TemperatureController()
-    detector = op.OperandoDetector(
-        controller=controller, seed=5, t_c=450.0, beta=0.3, hysteresis=12
-    )
-    heat = run_events(bp.scan([detector], controller, 300, 500, 101))
-    cool = run_events(bp.scan([detector], controller, 500, 300, 101))
-    truth, grid = detector.truth, detector.two_theta
-
+    """Order parameters, the hysteresis loop, the superlattice line, splitting and K-alpha2, lag."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     ax = axes[0, 0]
+    t = np.linspace(300, 520, 1000)
+    for code, name in enumerate(op.KINDS):
+        sample = op.SampleParameters(
+            **{
+                k: np.array([v])
+                for k, v in dict(
+                    kind=code, t_c=450.0, hysteresis=12.0 if code == 0 else 0.0,
+                    supercooling=40.0 if code == 0 else np.nan, coexistence=1.0,
+                    material=0, tilt_system=0, tilt0=6.0, strain_coupling=0.4,
+                    lattice=3.905, expansion=1.2e-5, scale=1.0,
+                ).items()
+            }
+        )  # fmt: skip
+        tilt = op.tilt_angle(t, sample)
+        if code == 0:  # the tilted branch exists up to T_up on heating
+            tilt = np.where(t <= sample.t_up[0], tilt, 0.0)
+        ax.plot(t, tilt, label=name)
+    ax.set_xlabel("temperature (K)")
+    ax.set_ylabel("tilt (deg)")
+    ax.set_title("order parameter, T_c = 450 K, tilt0 = 6 deg (first order: heating branch)")
+    ax.legend(fontsize=8)
+
+    controller = op.TemperatureController()
+    detector = op.OperandoDetector(
+        controller=controller, seed=5, t_c=450.0, kind="first_order", hysteresis=12,
+        material="SrTiO3",
+    )  # fmt: skip
+    heat = run_events(bp.scan([detector], controller, 400, 480, 81))
+    cool = run_events(bp.scan([detector], controller, 480, 400, 81))
+    truth, grid = detector.truth, detector.two_theta
+    a = float(detector.sample.lattice[0] * (1 + detector.sample.expansion[0] * 140.0))
+    ax = axes[0, 1]
     for events, label, marker in ((heat, "heating", "o"), (cool, "cooling", "s")):
         temps = np.array([e["operando_temperature"] for e in events])
-        excess = superlattice_excess([e["operando_pattern"] for e in events], grid)
+        excess = superlattice_excess([e["operando_pattern"] for e in events], grid, a)
         ax.plot(temps, excess, marker, ms=3, label=label, mfc="none")
-    t = np.linspace(300, truth["t_up"], 400)
-    amplitude = superlattice_excess([heat[0]["operando_pattern"]], grid)[0] / (
-        op.order_parameter(300.0, truth["t_up"], truth["beta"]) ** 2
-    )
-    ax.plot(t, amplitude * op.order_parameter(t, truth["t_up"], truth["beta"]) ** 2, "k-", lw=0.8,
-            label="A (1 - T/T_up)^(2 beta)")  # fmt: skip
-    top = 1.2 * amplitude * op.order_parameter(400.0, truth["t_up"], truth["beta"]) ** 2
-    ax.set_ylim(-0.05 * top, top)
     for value, name in (
         (truth["t_down"], "T_down"),
         (truth["t_c"], "T_c"),
         (truth["t_up"], "T_up"),
     ):
         ax.axvline(value, color="grey", ls=":", lw=1)
-        ax.text(value, 0.97 * top, name, rotation=90, va="top", ha="right", fontsize=8)
-    ax.set_xlim(400, 480)
+        ax.text(value, ax.get_ylim()[1], name, rotation=90, va="top", ha="right", fontsize=8)
     ax.set_xlabel("temperature (K)")
-    ax.set_ylabel("(1/2 1/2 1/2) counts")
-    ax.set_title("superlattice intensity (eta^2): hysteresis loop")
+    ax.set_ylabel("(3/2 1/2 1/2) counts")
+    ax.set_title(
+        f"first-order SrTiO3-like sample: hysteresis, coexistence {truth['coexistence']:.1f} K"
+    )
     ax.legend(fontsize=8, loc="lower left")
 
-    shown = [(heat, 300.0), (cool, 420.0), (heat, 446.0), (cool, 446.0), (cool, 470.0)]
-    lattice = detector.sample.lattice[0]
-    centre = 2 * np.degrees(np.arcsin(detector.config.wavelength / lattice))
-    for ax, (low, high, title) in zip(
-        (axes[0, 1], axes[1, 0]),
-        (
-            (17.8, 20.6, "(1/2 1/2 1/2) superlattice"),
-            (centre - 1.0, centre + 1.0, "cubic (200) -> tetragonal (002) + (200)"),
-        ),
-        strict=True,
-    ):
-        window = (grid > low) & (grid < high)
-        for events, target in shown:
-            event = min(
-                events, key=lambda e, target=target: abs(e["operando_temperature"] - target)
-            )
-            branch = "heating" if events is heat else "cooling"
-            ax.plot(
-                grid[window],
-                event["operando_pattern"][window],
-                label=f"{event['operando_temperature']:.0f} K ({branch})",
-            )
-        ax.set_xlabel("2theta (deg)")
-        ax.set_ylabel("counts")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    centre_sl = 2 * np.degrees(np.arcsin(1.54056 * np.sqrt(11) / (4 * a)))
+    centre_200 = 2 * np.degrees(np.arcsin(1.54056 / a))
+    inset = ax.inset_axes((0.58, 0.45, 0.4, 0.5))
+    for target in (470.0, 430.0, 400.0):
+        event = min(cool, key=lambda e, target=target: abs(e["operando_temperature"] - target))
+        label = f"{event['operando_temperature']:.0f} K"
+        window = np.abs(grid - centre_sl) < 1.5
+        ax.plot(grid[window], event["operando_pattern"][window], label=label)
+        window = np.abs(grid - centre_200) < 0.6
+        inset.plot(grid[window], event["operando_pattern"][window], ".-", ms=3)
+    ax.set_xlabel("2theta (deg)")
+    ax.set_ylabel("counts")
+    ax.set_title("(3/2 1/2 1/2) line beside (111); inset: (200) split, K-alpha1 + K-alpha2")
+    ax.legend(fontsize=8, loc="upper left")
+    inset.tick_params(labelsize=7)
 
     controller = op.TemperatureController()
     detector = op.OperandoDetector(controller=controller, seed=1)

@@ -3,8 +3,9 @@
 The data are the operando powder patterns of :mod:`smartlab_plugins.devices.operando`:
 one 512-channel pattern per frame of a heating or cooling ramp. The network
 reads a ramp **one frame at a time, causally**: a small 1-D convolutional
-encoder reduces each preprocessed frame (log1p, z-score per frame, 2-channel
-means) to 32 features ``f_t``; an LSTM reads ``[f_t, f_t - f_0]`` (the frame
+encoder reduces each preprocessed frame (the peaks above a smooth background in
+Poisson standard deviations, asinh-compressed, 4-channel means: :func:`preprocess`)
+to 32 features ``f_t``; an LSTM reads ``[f_t, f_t - f_0]`` (the frame
 and its change since the run's first frame) and a linear head gives the logit
 of ``p_transition``, the probability that the sample has left the phase it
 started in. The network, :class:`~smartlab_plugins.models.nets.TransitionNet`
@@ -24,12 +25,20 @@ estimate on the validation split, in units of the temperature step between
 those two frames, times that step.
 
 Two non-learning baselines read the background-subtracted counts of the
-(1/2 1/2 1/2) superlattice line in Poisson standard deviations
+(3/2 1/2 1/2) superlattice line in Poisson standard deviations
 (:func:`superlattice_z`): a two-sided CUSUM against the mean of the first
 frames, its drift and threshold tuned on the same validation split
 (:func:`cusum_flags`, the generic change-point test), and the instrument
 documentation's hand rule that knows the physics: the line is there in the
-ordered phase and gone in the cubic one (:func:`presence_flags`).
+tilted phase and gone in the cubic one (:func:`presence_flags`). The hand rule
+finds the line from the first frame's (110) (:func:`superlattice_position`).
+
+The training ramps are the instrument's whole family
+(:class:`~smartlab_plugins.devices.operando.OperandoConfig`): seven perovskites,
+two tilt systems, first-order, tricritical and second-order transitions, 2-8 K/min;
+the metrics are given per direction and per transition type (:func:`by_group`).
+A blank frame (every channel the same count) is not a pattern: the plugin
+leaves it out (:func:`is_blank`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet
@@ -52,9 +62,11 @@ if TYPE_CHECKING:
     from smartlab_plugins.models.store import LoadedModel
 
 NAME = "transition_lstm"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 FIELD_SHAPE = (512,)
-POOL = 2  # channels averaged per network input point
+POOL = 4  # channels averaged per network input point (0.31 deg)
+ENVELOPE = 41  # channels of the background's lower envelope (3.2 deg)
+ASINH_SCALE = 3.0  # asinh of the noise units, divided by this: the strongest lines at ~3
 INPUT_POINTS = FIELD_SHAPE[0] // POOL
 WITHIN_FRAMES = 2  # an onset flagged within this many frames counts as detected
 MAX_FALSE_ALARM = 0.005  # largest fraction of no-transition validation ramps the rule may flag
@@ -65,23 +77,62 @@ CUSUM_DRIFTS = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 CUSUM_THRESHOLDS = tuple(5.0 * 2.0**k for k in range(11))  # 5 ... 5120
 CHUNK = 500  # ramps preprocessed at a time
 PRESENCE_Z = 8.0  # the superlattice line counts as present above this z
-SUPERLATTICE_WINDOW = (18.7, 19.7)  # degrees 2theta: the (1/2 1/2 1/2) line over all lattices
-SUPERLATTICE_SIDES = ((17.6, 18.4), (20.0, 20.8))
+PARENT_SEARCH = (
+    28.0,
+    36.0,
+)  # degrees 2theta: where the strongest line, (110), lies for a perovskite
+SUPERLATTICE_WINDOW = (-0.35, 0.45)  # degrees about the (3/2 1/2 1/2) line: K-alpha1 and 2
+SUPERLATTICE_SIDES = ((-1.3, -0.7), (0.65, 0.95))  # background either side, short of (111)
+WAVELENGTH = 1.54056  # angstrom, Cu K-alpha1: the line positions of the hand rule
+
+
+def background(frames: np.ndarray) -> np.ndarray:
+    """Smooth lower envelope of each pattern (..., 512): the background under the peaks, counts.
+
+    A 5-channel mean (less noise), the minimum over :data:`ENVELOPE` channels
+    (wider than any cluster of split peaks and their K-alpha2), then a mean over
+    as many: it sits about one Poisson standard deviation under the true
+    background, the same everywhere, which the network takes as an offset.
+    """
+    smooth = uniform_filter1d(frames, 5, axis=-1, mode="nearest")
+    lowest = minimum_filter1d(smooth, ENVELOPE, axis=-1, mode="nearest")
+    return uniform_filter1d(lowest, ENVELOPE, axis=-1, mode="nearest")
 
 
 def preprocess(frames: np.ndarray) -> np.ndarray:
-    """Patterns (..., 512) counts to network input (..., 256).
+    """Patterns (..., 512) counts to network input (..., 128): the peaks in noise units.
 
-    log1p of the counts, z-score per frame (the counting time and the sample
-    amount scale every channel alike), then the mean of each pair of channels
-    (peaks stay above one input point wide: FWHM >= 0.2 deg = 2.6 channels).
+    ``asinh((counts - b) / sqrt(b + 1)) / 3`` with ``b`` the :func:`background`,
+    then the mean of each 4 channels (0.31 deg: a line, FWHM >= 0.2 deg, falls in one
+    or two input points; the (3/2 1/2 1/2) line and the parent (111) are 1.7 deg
+    apart). In Poisson standard deviations a superlattice line at 0.1 % of the
+    strongest line is as plain as it is to a person looking for it (a few units),
+    while asinh, logarithmic for large values, brings the strongest lines
+    (thousands of standard deviations) down to about 3; the counting time, the sample amount and
+    the material's scattering power change the scale of the peaks, not where
+    the noise lies.
     """
     frames = np.asarray(frames, dtype=np.float32)
     if frames.shape[-1:] != FIELD_SHAPE:
         raise ValueError(f"expected patterns of {FIELD_SHAPE[0]} channels, got {frames.shape}")
-    x = np.log1p(np.clip(frames, 0.0, None))
-    x = (x - x.mean(axis=-1, keepdims=True)) / (x.std(axis=-1, keepdims=True) + 1e-6)
+    frames = np.clip(frames, 0.0, None)
+    level = np.clip(background(frames), 0.0, None)
+    x = np.arcsinh((frames - level) / np.sqrt(level + 1.0)) / ASINH_SCALE
     return x.reshape(*x.shape[:-1], INPUT_POINTS, POOL).mean(axis=-1).astype(np.float32)
+
+
+BLANK_NOTE = "blank pattern (every channel the same count): no diffraction, not analysed"
+
+
+def is_blank(pattern: np.ndarray) -> bool:
+    """Whether a pattern carries no diffraction at all: every channel holds the same count.
+
+    Such a frame (a closed shutter, a detector reading zeros) would come out
+    of :func:`preprocess` as all zeros, an input the model never saw; the
+    plugin leaves it out instead of stepping the LSTM on it.
+    """
+    pattern = np.asarray(pattern)
+    return bool(pattern.size == 0 or np.ptp(pattern) == 0)
 
 
 def probabilities(logits: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -185,16 +236,39 @@ def step_frame(model: LoadedModel, pattern: np.ndarray, state: State | None) -> 
     return float(torch.sigmoid(logit.float())[0]), state
 
 
+def superlattice_position(pattern: np.ndarray, two_theta: np.ndarray) -> float:
+    """2theta (deg) of the (3/2 1/2 1/2) superlattice line of the perovskite in ``pattern``.
+
+    The hand rule's lattice: the strongest line between 28 and 36 deg is the
+    pseudo-cubic (110) (for any ABO3 of the operando family), so
+    ``a = sqrt(2) d_110`` and ``d = 2a / sqrt(11)`` for the first superlattice
+    line a tilt can make ((1/2 1/2 1/2) has ``F = 0`` for every tilt system).
+    """
+    search = (two_theta > PARENT_SEARCH[0]) & (two_theta < PARENT_SEARCH[1])
+    peak = two_theta[search][np.argmax(np.asarray(pattern)[search])]
+    a = np.sqrt(2.0) * WAVELENGTH / (2.0 * np.sin(np.radians(peak / 2.0)))
+    return float(2.0 * np.degrees(np.arcsin(WAVELENGTH * np.sqrt(11.0) / (4.0 * a))))
+
+
 def superlattice_z(patterns: np.ndarray, two_theta: np.ndarray) -> np.ndarray:
-    """Background-subtracted counts of the (1/2 1/2 1/2) line in Poisson standard deviations."""
+    """Background-subtracted counts of the (3/2 1/2 1/2) line in Poisson standard deviations.
+
+    ``patterns`` (ramps, frames, channels); the line's position is read off
+    each ramp's first frame (:func:`superlattice_position`), as a person
+    would set the window before the ramp goes on.
+    """
     patterns = np.asarray(patterns)
-    window = (two_theta > SUPERLATTICE_WINDOW[0]) & (two_theta < SUPERLATTICE_WINDOW[1])
-    sides = np.zeros_like(window)
-    for low, high in SUPERLATTICE_SIDES:
-        sides |= (two_theta > low) & (two_theta < high)
-    total = patterns[..., window].sum(-1, dtype=np.float64)
-    excess = total - patterns[..., sides].mean(-1, dtype=np.float64) * window.sum()
-    return (excess / np.sqrt(np.maximum(total, 1.0))).astype(np.float32)
+    z = np.zeros(patterns.shape[:2], dtype=np.float32)
+    for i, ramp in enumerate(patterns):
+        offset = two_theta - superlattice_position(ramp[0], two_theta)
+        window = (offset > SUPERLATTICE_WINDOW[0]) & (offset < SUPERLATTICE_WINDOW[1])
+        sides = np.zeros_like(window)
+        for low, high in SUPERLATTICE_SIDES:
+            sides |= (offset > low) & (offset < high)
+        total = ramp[:, window].sum(-1, dtype=np.float64)
+        excess = total - ramp[:, sides].mean(-1, dtype=np.float64) * window.sum()
+        z[i] = excess / np.sqrt(np.maximum(total, 1.0))
+    return z
 
 
 def cusum_flags(z: np.ndarray, drift: float, threshold: float) -> np.ndarray:
@@ -248,18 +322,24 @@ def detection_metrics(flagged: np.ndarray, onset: np.ndarray) -> dict[str, Any]:
     }
 
 
-def by_direction(
-    flagged: np.ndarray, onset: np.ndarray, direction: np.ndarray
+def by_group(
+    flagged: np.ndarray, onset: np.ndarray, direction: np.ndarray, kind: np.ndarray
 ) -> dict[str, dict[str, Any]]:
-    """:func:`detection_metrics` for all ramps, heating ramps and cooling ramps."""
-    return {
-        name: detection_metrics(flagged[chosen], onset[chosen])
-        for name, chosen in (
-            ("all", np.ones(len(onset), dtype=bool)),
-            ("heating", direction > 0),
-            ("cooling", direction < 0),
-        )
-    }
+    """:func:`detection_metrics` for all ramps, by direction and by transition type.
+
+    ``kind`` indexes :data:`~smartlab_plugins.devices.operando.KINDS`; a
+    type's false-alarm rate is over the no-transition ramps of that type's
+    samples (their transition lay outside the ramp).
+    """
+    from smartlab_plugins.devices.operando import KINDS
+
+    groups = [
+        ("all", np.ones(len(onset), dtype=bool)),
+        ("heating", direction > 0),
+        ("cooling", direction < 0),
+        *((name, kind == index) for index, name in enumerate(KINDS)),
+    ]
+    return {name: detection_metrics(flagged[chosen], onset[chosen]) for name, chosen in groups}
 
 
 def tune_rule(
@@ -278,6 +358,26 @@ def tune_rule(
         scored.append((false_alarm > MAX_FALSE_ALARM, -detected, false_alarm, prefer(candidate)))
     best = min(range(len(candidates)), key=lambda i: scored[i])
     return candidates[best]
+
+
+def scope(config: Any) -> dict[str, Any]:
+    """What the model was trained on, for its card: materials, transitions, temperatures, ramps."""
+    return {
+        "materials": list(config.materials),
+        "tilt_systems": list(config.tilt_systems),
+        "transition_types": dict(
+            zip(("first_order", "tricritical", "second_order"), config.kind_fractions, strict=True)
+        ),
+        "t_c_K": list(config.tc_range),
+        "first_order_hysteresis_K": list(config.hysteresis_range),
+        "first_order_coexistence_sigma_K": list(config.coexistence_range),
+        "tilt_at_0K_deg": list(config.tilt_range),
+        "ramp_rate_K_per_min": list(config.ramp_rate_range),
+        "temperature_limits_K": list(config.temperature_limits),
+        "wavelengths_angstrom": [config.wavelength, config.wavelength_ka2],
+        "frame_time_s": config.frame_time,
+        "two_theta_deg": list(config.two_theta_range),
+    }
 
 
 def training_config():
@@ -328,6 +428,7 @@ class TransitionTask:
                 "transition_temperature": np.where(labels["onset"] >= 0, branch, np.nan).astype(
                     np.float32
                 ),
+                "kind": labels["kind"].astype(np.int64),
                 "superlattice_z": superlattice_z(patterns, made.coords["two_theta"]),
             },
         )
@@ -341,12 +442,15 @@ class TransitionTask:
     def preprocessing(self) -> dict[str, Any]:
         return {
             "steps": [
-                "log1p(counts)",
-                "z-score per frame",
+                f"background b: 5-channel mean, {ENVELOPE}-channel minimum, "
+                f"{ENVELOPE}-channel mean",
+                f"asinh((counts - b) / sqrt(b + 1)) / {ASINH_SCALE:g}",
                 f"mean over {POOL}-channel bins -> {INPUT_POINTS} points",
             ],
             "sequence": "one frame per event, causal; LSTM input [f_t, f_t - f_0]",
             "target": "transformed: the sample has left the phase it started the run in",
+            "blank_frames": "a frame with every channel the same count is not analysed",
+            "scope": scope(training_config()),
         }
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -377,8 +481,11 @@ class TransitionTask:
         )
         flagged = first_flags(p, threshold, consecutive)
         estimate, step = onset_estimates(p, extra["temperatures"], flagged, consecutive)
+        # the onset's uncertainty where the flag is the onset's (within WITHIN_FRAMES): a
+        # late flag (a second-order line still in the noise) is a miss, not a wide onset
+        detected = (onset >= 0) & (flagged >= 0) & (np.abs(flagged - onset) <= WITHIN_FRAMES)
         residual = (estimate - extra["transition_temperature"]) / step
-        residual = residual[np.isfinite(residual)]
+        residual = residual[detected & np.isfinite(residual)]
         return {
             "threshold": float(threshold),
             "consecutive": int(consecutive),
@@ -397,7 +504,7 @@ class TransitionTask:
         """Detection, false alarms and onset temperatures by direction; the CUSUM beside them."""
         p = probabilities(output)
         extra = split.extra
-        onset, direction = extra["onset"], extra["direction"]
+        onset, direction, kind = extra["onset"], extra["direction"], extra["kind"]
         threshold, consecutive = calibration["threshold"], calibration["consecutive"]
         flagged = first_flags(p, threshold, consecutive)
         estimate, step = onset_estimates(p, extra["temperatures"], flagged, consecutive)
@@ -407,10 +514,10 @@ class TransitionTask:
         cusum = calibration["cusum"]
         cusum_flagged = cusum_flags(extra["superlattice_z"], cusum["drift"], cusum["threshold"])
         return {
-            "lstm": by_direction(flagged, onset, direction),
-            "cusum": by_direction(cusum_flagged, onset, direction),
-            "presence_rule": by_direction(
-                presence_flags(extra["superlattice_z"]), onset, direction
+            "lstm": by_group(flagged, onset, direction, kind),
+            "cusum": by_group(cusum_flagged, onset, direction, kind),
+            "presence_rule": by_group(
+                presence_flags(extra["superlattice_z"]), onset, direction, kind
             ),
             "onset_temperature": {
                 "n": int(detected.sum()),

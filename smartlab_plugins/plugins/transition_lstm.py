@@ -20,7 +20,8 @@ Published per event:
     that step), in the unit of ``operando_temperature`` (K for the simulated stage;
     the analysis' ``units`` metadata says which);
 ``note``
-    empty, or why this event is special (events missing before it, no temperature).
+    empty, or why this event is special (events missing before it, no temperature,
+    a blank pattern).
 
 The run's summary says where the flag was raised and the onset temperature,
 or ``"no transition seen"``.
@@ -35,7 +36,12 @@ Bad input never stops the scan; each case is recorded against its events:
   the gap says so in ``note`` and a warning is logged; the summary counts them;
 * a pattern of another length is refused with an error naming the expected and
   the actual shape, unless the run sets ``resample: True``, which interpolates
-  it onto 512 channels (same 2theta range, other binning).
+  it onto 512 channels (same 2theta range, other binning);
+* a blank pattern (every channel the same count, e.g. all zero: a closed
+  shutter, a detector not counting) carries no diffraction: it is not fed to the
+  LSTM (its per-frame standardisation would turn it into a pattern the model
+  never saw); its row has ``p_transition`` NaN, ``flag`` 0 and says so in
+  ``note``, and the summary counts such frames in ``blank_frames``.
 
 Options (per run, ``RE(plan, smartlab={"options": {"transition_lstm": {...}}})``):
 ``resample`` (bool) and ``temperature_field`` (str).
@@ -105,6 +111,7 @@ class Tracker:
     last_seq_num: int | None = None
     frames: int = 0
     missing: int = 0
+    blank: int = 0
     temperatures: list[float] = field(default_factory=list)
     max_p: float = 0.0
     flagged: Flagged | None = None
@@ -123,8 +130,18 @@ class Tracker:
     def update(self, seq_num: int, pattern: np.ndarray, temperature: float) -> dict[str, Any]:
         """Step the LSTM over one frame; this event's results."""
         note = self._gap_note(seq_num)
+        self.last_seq_num = seq_num
+        if transition.is_blank(pattern):
+            self.blank += 1
+            return {
+                "p_transition": np.nan,
+                "flag": 0,
+                "onset_temperature": np.nan,
+                "onset_temperature_std": np.nan,
+                "note": " ".join(filter(None, [note, transition.BLANK_NOTE])),
+            }
         p, self.state = transition.step_frame(self.model, pattern, self.state)
-        self.last_seq_num, self.frames = seq_num, self.frames + 1
+        self.frames += 1
         self.temperatures.append(temperature)
         self.max_p = max(self.max_p, p)
         onset = self.rule.update(p, temperature)
@@ -159,6 +176,7 @@ class Tracker:
         common = {
             "frames": self.frames,
             "missing_events": self.missing,
+            "blank_frames": self.blank,
             "direction": self._direction(),
             "max_p_transition": self.max_p,
             "run_exit_status": stop.get("exit_status", "success"),

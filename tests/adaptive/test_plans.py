@@ -86,7 +86,9 @@ def test_a_cooling_ramp_resets_above_the_loop_and_finds_t_down(
     smartlab.flush()
     summary = decisions(client, uid)[-1]["detail"]["summary"]
     estimate = summary["planners"]["transition_bracket"]
-    assert abs(estimate["temperature"] - t_down) <= 0.5  # eta jumps at T_down: a sharp edge
+    # the tilt jumps at T_down, but the grains transform over T_down +- 2 sigma of coexistence
+    # (0.6 K for this sample): the edge is a step within about a kelvin
+    assert abs(estimate["temperature"] - t_down) <= 1.0
     assert summary["resets"] >= 1
 
 

@@ -173,3 +173,21 @@ def test_a_pattern_of_another_length_is_refused_unless_the_run_asks_to_resample(
     table = read_events(analysis_of(client, resampled))
     assert list(table["seq_num"]) == [1, 2, 3]
     assert (table["p_transition"] < 0.5).all() and table["flag"].sum() == 0
+
+
+def test_a_blank_ramp_is_not_analysed_and_never_flags(smartlab, client):
+    """All-zero frames (a closed shutter) are no patterns: NaN, no flag, said in the note."""
+    blank = [np.zeros(512, np.float32)] * 3 + [np.full(512, 7.0, np.float32)]
+    uid = feed_patterns(smartlab, [*blank, *quiet_patterns(2)], seq_nums=[1, 2, 3, 4, 5, 6])
+    smartlab.flush()
+
+    analysis = analysis_of(client, uid)
+    table = read_events(analysis)
+    assert list(table["seq_num"]) == [1, 2, 3, 4, 5, 6]
+    assert table["p_transition"].iloc[:4].isna().all() and table["flag"].sum() == 0
+    assert all("blank pattern" in note for note in table["note"].iloc[:4])
+    assert (table["p_transition"].iloc[4:] < 0.5).all()
+    assert read_errors(analysis).empty
+    summary = analysis.metadata["summary"]
+    assert summary["blank_frames"] == 4 and summary["frames"] == 2
+    assert summary["result"] == "no transition seen"
