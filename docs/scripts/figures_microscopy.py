@@ -1,4 +1,4 @@
-"""Figures for docs/devices/microscopy.md: specimen overview, a frame, its mask, grey levels.
+"""Figures for docs/devices/microscopy.md: specimen, a frame, its mask, grey levels per frame.
 
 Run with the project's Python; writes ``docs/figures/microscopy_*.png``.
 """
@@ -14,12 +14,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Rectangle
+from scipy import ndimage
 
 from smartlab_plugins.devices.microscopy import (
     PHASES,
     MicroscopyConfig,
     acquire_frames,
-    blurred_specimen,
+    draw_imaging,
+    simulate,
     specimen,
 )
 
@@ -55,19 +57,22 @@ def overview_and_frame(config: MicroscopyConfig, seed: int = 0) -> Path:
     """Specimen label map with a frame outline, the noisy frame, its mask and a zoom."""
     s = config.structure
     structure = specimen(s, seed, 0)
-    blurred = blurred_specimen(s, seed, 0, config.psf_sigma_um)
     frame = config.frame_size
     row, col = varied_position(structure.labels, frame)
+    rng = np.random.default_rng(1)
+    imaging = draw_imaging(config, 1, rng)
     images, masks = acquire_frames(
-        blurred,
-        structure.labels,
+        structure,
         np.array([row]),
         np.array([col]),
         frame,
+        imaging,
         config.dose,
         config.readout_noise,
-        np.random.default_rng(1),
+        config.psf_sigma_px,
+        rng,
     )
+    low, high = np.quantile(images[0], [0.001, 0.999])
     px = s.pixel_size_um
     fig, axes = plt.subplots(2, 2, figsize=(9, 8.6))
     ax = axes[0, 0]
@@ -87,9 +92,12 @@ def overview_and_frame(config: MicroscopyConfig, seed: int = 0) -> Path:
     )
     extent = (col * px, (col + frame) * px, (row + frame) * px, row * px)
     ax = axes[0, 1]
-    im = ax.imshow(images[0], cmap="gray", extent=extent, vmin=0, vmax=1.1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="SE yield")
-    ax.set(title=f"camera_image (dose {config.dose:g} e/px)", xlabel="x (um)")
+    im = ax.imshow(images[0], cmap="gray", extent=extent, vmin=low, vmax=high)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="detector output")
+    ax.set(
+        title=f"camera_image (gain {imaging.gain[0]:.2f}, gamma {imaging.gamma[0]:.2f})",
+        xlabel="x (um)",
+    )
     ax = axes[1, 0]
     im = ax.imshow(
         masks[0], cmap=PHASE_CMAP, vmin=-0.5, vmax=3.5, extent=extent, interpolation="nearest"
@@ -100,7 +108,7 @@ def overview_and_frame(config: MicroscopyConfig, seed: int = 0) -> Path:
     ax = axes[1, 1]
     r0, c0 = zoom_corner(masks[0])
     zoom = (slice(r0, r0 + 64), slice(c0, c0 + 64))
-    ax.imshow(images[0][zoom], cmap="gray", vmin=0, vmax=1.1, interpolation="nearest")
+    ax.imshow(images[0][zoom], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
     ax.contour(masks[0][zoom], levels=[0.5, 1.5, 2.5], colors="c", linewidths=0.7)
     ax.set(title="64 x 64 px zoom with phase outlines", xlabel="pixel", ylabel="pixel")
     fig.tight_layout()
@@ -111,36 +119,30 @@ def overview_and_frame(config: MicroscopyConfig, seed: int = 0) -> Path:
 
 
 def grey_levels(config: MicroscopyConfig, seed: int = 0) -> Path:
-    """Histogram of noisy grey levels per phase over 64 frames."""
-    s = config.structure
-    structure = specimen(s, seed, 0)
-    blurred = blurred_specimen(s, seed, 0, config.psf_sigma_um)
-    rng = np.random.default_rng(2)
-    last = s.size_px - config.frame_size
-    images, masks = acquire_frames(
-        blurred,
-        structure.labels,
-        rng.integers(0, last, 64),
-        rng.integers(0, last, 64),
-        config.frame_size,
-        config.dose,
-        config.readout_noise,
-        rng,
-    )
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    bins = np.linspace(0, 1.2, 121)
+    """Per-frame mean grey level of each phase over 400 frames: no level belongs to a phase."""
+    data = simulate(400, seed=seed, config=MicroscopyConfig(frame_size=128, n_structures=1))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.linspace(0, 1.6, 81)
     for k, name in enumerate(PHASES):
-        ax.hist(
-            images[masks == k],
-            bins=bins,
-            density=True,
-            histtype="step",
-            lw=1.5,
-            color=PHASE_CMAP(k),
-            label=f"{name} (mean {s.phase_intensities[k]:.3f})",
-        )
-    ax.set(xlabel="SE yield (counts / dose)", ylabel="density", title="grey level per phase")
-    ax.legend(fontsize=8)
+        means = [
+            image[inner].mean()
+            for image, mask in zip(data.inputs["images"], data.labels["masks"], strict=True)
+            if (inner := ndimage.binary_erosion(mask == k, iterations=1)).sum() >= 5
+        ]
+        for ax, values in ((left, data.labels["levels"][:, k]), (right, means)):
+            ax.hist(
+                values,
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=1.5,
+                color=PHASE_CMAP(k),
+                label=name if ax is right else ("ferrite", "particles", "films", "lamellae")[k],
+            )
+    left.set(xlabel="SE yield", ylabel="density", title="drawn level per frame (constituent)")
+    right.set(xlabel="detector output", title="mean grey level of each phase, per frame")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = OUT / "microscopy_histogram.png"
     fig.savefig(path, dpi=80)

@@ -52,7 +52,12 @@ TRAINING: dict[str, dict[str, Any]] = {
     "spinwave_cnn": {"n_samples": 10000},
     "phase_cnn": {"n_samples": 10000, "max_minutes": 10.0},
     "transition_lstm": {"n_samples": 8000, "learning_rate": 2e-3, "max_minutes": 30.0},
-    "micrograph_unet": {"n_samples": 6000, "batch_size": 16, "learning_rate": 3e-3},
+    "micrograph_unet": {
+        "n_samples": 2400,
+        "batch_size": 16,
+        "learning_rate": 3e-3,
+        "max_minutes": 36.0,
+    },
 }
 
 

@@ -20,6 +20,22 @@ specimen, so the generator seed of every data set made here is
 is one a device with a small seed shows. Whole frames for the held-out
 scores come from ``SPECIMEN_SEED_BASE + seed + HELD_OUT_OFFSET``.
 
+Input. A frame's grey levels depend on the specimen's etch, the detector's
+gain, offset and gamma, none of which says which phase a pixel is; the order of
+a frame's pixels does not change with any of them. So each frame is rank
+normalised (:func:`preprocess`): a pixel becomes its quantile in the frame,
+mapped to zero mean and unit variance. The network then tells phases apart by
+shape and texture, as it was trained to, on frames whose brightness per phase,
+gain, offset and gamma were drawn per frame from overlapping ranges (the card's
+generator config). A frame with no contrast (every pixel, or most of them, one
+value) has no quantiles and is refused.
+
+Pixel size. The network was trained on frames of :data:`TRAINING_PIXEL_SIZE_UM`.
+A frame of another declared pixel size is resampled to it (linear
+interpolation), segmented, and its phase map brought back to the frame's own
+grid (nearest neighbour), so the mask has the frame's shape; pixel sizes more
+than :data:`PIXEL_SIZE_FACTORS` away are refused (:func:`check_pixel_size`).
+
 The per-pixel uncertainty is ``1 - max softmax(logits / T)`` with the
 temperature ``T`` fitted on validation pixels (:meth:`MicrographTask.calibrate`).
 """
@@ -33,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+from scipy.stats import rankdata
 from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet, config_dict
@@ -43,18 +61,29 @@ if TYPE_CHECKING:
     from smartlab_plugins.models.store import LoadedModel
 
 NAME = "micrograph_unet"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 FIELD = "camera_image"
 FRAME_SIZE = 256  # the camera's frame, and the held-out frames the model is scored on
-CROP_SIZE = 64  # training crops
+CROP_SIZE = 128  # training crops
 MIN_SIDE = 16  # smallest frame side accepted
 TILE_SIZE = 512  # frames with a side above this are tiled; tile cores are this big
 TILE_MARGIN = 32  # context around each tile core, pixels (receptive radius: 25)
 PIXELS_PER_PASS = 8 * FRAME_SIZE * FRAME_SIZE  # whole frames per forward pass, in pixels
-INPUT_OFFSET = 0.34  # mean SE yield of the training crops
-INPUT_SCALE = 0.17  # and its standard deviation
+TRAINING_PIXEL_SIZE_UM = 0.05  # the generator's pixel size, which the network was trained at
+#: Declared pixel sizes from half to twice the training one are resampled to it; others refused.
+PIXEL_SIZE_FACTORS = (0.5, 2.0)
+#: Length units a data key may declare its ``pixel_size`` in, and their size in um.
+LENGTH_UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
+#: A frame whose rank-normalised values spread less than this (1 for distinct values) has
+#: most pixels on one value: a constant, blank or saturated frame, which is refused.
+MIN_RANK_SPREAD = 0.5
 SPECIMEN_SEED_BASE = 100_000
 HELD_OUT_OFFSET = 1000  # as ``smartlab evaluate``'s default: training seed + 1000
+#: Training crops also come from specimens imaged at these pixel sizes (um), resampled to
+#: the training one as the plugin resamples a declared pixel size ...
+RESAMPLED_PIXEL_SIZES_UM = (0.03, 0.04, 0.065, 0.085)
+RESAMPLED_SHARE = 0.4  # ... this share of them, split evenly between the sizes
+RESAMPLED_SEED_STEP = 100  # specimen seed of size j: specimen_seed(seed) + 100 * (j + 1)
 TRAINING_SPECIMENS = 4
 HELD_OUT_FRAMES = 32
 HELD_OUT_SPECIMENS = 2
@@ -75,28 +104,142 @@ def specimen_seed(seed: int) -> int:
 
 
 def crop_config(n_specimens: int = TRAINING_SPECIMENS):
-    """Generator config of the training crops: default imaging, 64 x 64 frames."""
+    """Generator config of the training crops: default imaging, 128 x 128 frames."""
     from smartlab_plugins.devices.microscopy import MicroscopyConfig
 
     return MicroscopyConfig(frame_size=CROP_SIZE, n_structures=n_specimens)
 
 
-def frame_config(n_specimens: int = HELD_OUT_SPECIMENS):
-    """Generator config of whole held-out frames, as the live camera takes them."""
+def frame_config(n_specimens: int = HELD_OUT_SPECIMENS, pixel_size_um: float | None = None):
+    """Generator config of whole held-out frames, as the live camera takes them.
+
+    ``pixel_size_um`` images the same kind of specimen (every length in um) on
+    another pixel grid, for the scores at other pixel sizes.
+    """
+    from dataclasses import replace
+
     from smartlab_plugins.devices.microscopy import MicroscopyConfig
 
-    return MicroscopyConfig(frame_size=FRAME_SIZE, n_structures=n_specimens)
+    config = MicroscopyConfig(frame_size=FRAME_SIZE, n_structures=n_specimens)
+    if pixel_size_um is None:
+        return config
+    return replace(config, structure=replace(config.structure, pixel_size_um=pixel_size_um))
+
+
+def rank_normalised(frames: np.ndarray) -> np.ndarray:
+    """Each frame's pixels (n, rows, columns) replaced by their quantile, scaled to unit variance.
+
+    A pixel of rank ``r`` among ``N`` (ties share their mean rank) becomes
+    ``sqrt(12) * ((r - 1/2) / N - 1/2)``: uniform on about [-1.73, 1.73] for a
+    frame of distinct values. Any increasing map of the grey levels (a gain,
+    an offset, a gamma) leaves it unchanged. Returns float32 of the same shape.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    flat = frames.reshape(len(frames), -1)
+    if flat.shape[1] == 0:
+        return frames.copy()
+    quantiles = (rankdata(flat, method="average", axis=1) - 0.5) / flat.shape[1]
+    return (np.sqrt(12.0) * (quantiles - 0.5)).astype(np.float32).reshape(frames.shape)
+
+
+def contrastless(normalised: np.ndarray) -> np.ndarray:
+    """Which rank-normalised frames (n, rows, columns) have no usable contrast (bool, (n,)).
+
+    Their values spread less than :data:`MIN_RANK_SPREAD` (standard deviation):
+    every pixel one value (0), or most of them (about 80% or more tied), as in
+    a blank, constant or saturated frame.
+    """
+    spread = np.asarray(normalised).reshape(len(normalised), -1).std(axis=1)
+    return spread < MIN_RANK_SPREAD
 
 
 def preprocess(frames: np.ndarray) -> np.ndarray:
-    """Frames (n, rows, columns) in SE yield units to network input (n, 1, rows, columns).
+    """Frames (n, rows, columns) of any grey scale to network input (n, 1, rows, columns).
 
-    A fixed affine map, not a per-frame z-score: the simulated detector reports
-    absolute yield at every dose, and a frame's mean and spread depend on its
-    phase composition, which is what is being measured.
+    Rank normalisation per frame (:func:`rank_normalised`): the input is the
+    same whatever the detector's gain, offset and gamma. Raises ValueError,
+    naming the frames, when one has no contrast (:func:`contrastless`).
     """
+    x = rank_normalised(frames)
+    flat = contrastless(x)
+    if flat.any():
+        raise ValueError(
+            f"frames {np.flatnonzero(flat).tolist()} have no contrast (most pixels share one "
+            "value): a micrograph needs grey-level variation to be segmented"
+        )
+    return x[:, None]
+
+
+def declared_pixel_size(data_key: dict[str, Any], field: str) -> float | None:
+    """The pixel size (um) that a frame's data key declares, or None if it declares none.
+
+    The key holds ``pixel_size`` (a positive number) and ``pixel_size_units``
+    (one of :data:`LENGTH_UNITS_UM`), as the SEM camera's does. Raises
+    ValueError naming the field and the value when either is unusable.
+    """
+    if "pixel_size" not in data_key:
+        return None
+    value, units = data_key["pixel_size"], data_key.get("pixel_size_units")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"field {field!r} declares pixel_size={value!r}; expected a positive number"
+        )
+    if units not in LENGTH_UNITS_UM:
+        raise ValueError(
+            f"field {field!r} declares pixel_size {value} with pixel_size_units={units!r}; "
+            f"expected one of {', '.join(LENGTH_UNITS_UM)}"
+        )
+    return float(value) * LENGTH_UNITS_UM[units]
+
+
+def pixel_size_range() -> tuple[float, float]:
+    """Pixel sizes (um) accepted: the training one times :data:`PIXEL_SIZE_FACTORS`."""
+    low, high = PIXEL_SIZE_FACTORS
+    return TRAINING_PIXEL_SIZE_UM * low, TRAINING_PIXEL_SIZE_UM * high
+
+
+def check_pixel_size(pixel_size_um: float, field: str = FIELD) -> None:
+    """Refuse a pixel size outside :func:`pixel_size_range`, with the range in the message."""
+    low, high = pixel_size_range()
+    if not low <= pixel_size_um <= high:
+        raise ValueError(
+            f"{NAME}: field {field!r} declares pixel_size {pixel_size_um:g} um; the model was "
+            f"trained at {TRAINING_PIXEL_SIZE_UM:g} um and resamples frames from {low:g} to "
+            f"{high:g} um only"
+        )
+
+
+def to_training_grid(frames: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """Frames (n, rows, columns) of ``pixel_size_um`` resampled to the training pixel size.
+
+    Linear interpolation of the pixel grid (pixel edges aligned, so the frame
+    covers the same area), after a Gaussian anti-aliasing blur when the frame
+    is shrunk. The result has ``round(rows * pixel_size_um / 0.05)`` rows
+    (likewise columns).
+    """
+    factor = pixel_size_um / TRAINING_PIXEL_SIZE_UM
     frames = np.asarray(frames, dtype=np.float32)
-    return ((frames - INPUT_OFFSET) / INPUT_SCALE)[:, None]
+    if factor < 1.0:
+        sigma = 0.5 * np.sqrt(1.0 / factor**2 - 1.0)
+        frames = ndimage.gaussian_filter(frames, (0, sigma, sigma), mode="reflect")
+    return np.stack(
+        [ndimage.zoom(f, factor, order=1, mode="nearest", grid_mode=True) for f in frames]
+    )
+
+
+def to_frame_grid(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel values (n, rows, columns) on the training grid, sampled back onto ``shape``.
+
+    Nearest neighbour: each frame pixel takes the value of the training-grid
+    pixel its centre falls in (phase ids stay phase ids).
+    """
+    rows = np.minimum(
+        ((np.arange(shape[0]) + 0.5) * values.shape[1] / shape[0]).astype(int), values.shape[1] - 1
+    )
+    columns = np.minimum(
+        ((np.arange(shape[1]) + 0.5) * values.shape[2] / shape[1]).astype(int), values.shape[2] - 1
+    )
+    return values[:, rows][:, :, columns]
 
 
 @dataclass(frozen=True)
@@ -164,14 +307,19 @@ def segment(
     uncertainty: bool = False,
     tile: int = TILE_SIZE,
     margin: int = TILE_MARGIN,
+    pixel_size_um: float = TRAINING_PIXEL_SIZE_UM,
 ) -> Segmentation:
     """Segment frames (n, rows, columns) of any size of at least ``MIN_SIDE`` pixels.
 
-    Frames up to ``tile`` pixels on a side run whole, ``PIXELS_PER_PASS``
-    pixels per forward pass; larger ones tile by tile (:func:`plan_tiles`),
-    so no forward pass sees more than ``(tile + 2 * margin)**2`` pixels.
-    Runs on the device the network is on, through the inference runtime
-    (bfloat16 autocast on CUDA, plain float32 on the CPU).
+    Frames of another ``pixel_size_um`` are resampled to the training one
+    (:func:`to_training_grid`; refused outside :func:`pixel_size_range`) and
+    their maps sampled back (:func:`to_frame_grid`), so the mask always has the
+    frames' shape and the fractions are those of the frames' pixels. Frames up
+    to ``tile`` pixels on a side run whole, ``PIXELS_PER_PASS`` pixels per
+    forward pass; larger ones tile by tile (:func:`plan_tiles`), so no forward
+    pass sees more than ``(tile + 2 * margin)**2`` pixels. Runs on the device
+    the network is on, through the inference runtime (bfloat16 autocast on
+    CUDA, plain float32 on the CPU).
     """
     frames = np.asarray(frames)
     if frames.ndim != 3 or min(frames.shape[1:]) < MIN_SIDE:
@@ -179,6 +327,29 @@ def segment(
             f"expected frames of shape (n, rows, columns) with at least {MIN_SIDE} rows and "
             f"columns, got shape {frames.shape}"
         )
+    shape = frames.shape[1:]
+    resample = not np.isclose(pixel_size_um, TRAINING_PIXEL_SIZE_UM, rtol=1e-3, atol=0.0)
+    if resample:
+        check_pixel_size(pixel_size_um)
+        frames = to_training_grid(frames, pixel_size_um)
+    result = _segment_on_training_grid(net, frames, temperature, uncertainty, tile, margin)
+    if resample:
+        result.mask = to_frame_grid(result.mask, shape)
+        if result.uncertainty is not None:
+            result.uncertainty = to_frame_grid(result.uncertainty, shape)
+    result.fractions = phase_fractions(result.mask)
+    return result
+
+
+def _segment_on_training_grid(
+    net: nn.Module,
+    frames: np.ndarray,
+    temperature: float,
+    uncertainty: bool,
+    tile: int,
+    margin: int,
+) -> Segmentation:
+    """:func:`segment` of frames already at the training pixel size (no fractions yet)."""
     n, rows, columns = frames.shape
     x = preprocess(frames)
     result = Segmentation(
@@ -203,7 +374,6 @@ def segment(
                         logits[(0, slice(None), *piece.inner)],
                         temperature,
                     )
-    result.fractions = phase_fractions(result.mask)
     return result
 
 
@@ -321,32 +491,127 @@ def fit_temperature(logits: torch.Tensor, truth: np.ndarray) -> float:
     return float(torch.exp(log_t).detach())
 
 
-def held_out_frames(n: int, seed: int, n_specimens: int = HELD_OUT_SPECIMENS) -> SimulatedSet:
-    """``n`` whole 256 x 256 frames from the specimens of ``specimen_seed(seed)``."""
+def held_out_frames(
+    n: int,
+    seed: int,
+    n_specimens: int = HELD_OUT_SPECIMENS,
+    pixel_size_um: float | None = None,
+    imaging: Any = None,
+) -> SimulatedSet:
+    """``n`` whole 256 x 256 frames from the specimens of ``specimen_seed(seed)``.
+
+    At the generator's pixel size unless ``pixel_size_um`` is given; with the
+    imaging conditions drawn per frame unless ``imaging`` fixes them.
+    """
     from smartlab_plugins.devices.microscopy import simulate
 
-    return simulate(n, seed=specimen_seed(seed), config=frame_config(n_specimens))
+    config = frame_config(n_specimens, pixel_size_um)
+    return simulate(n, seed=specimen_seed(seed), config=config, imaging=imaging)
 
 
 def frame_metrics(net: nn.Module, frames: SimulatedSet, temperature: float = 1.0) -> dict[str, Any]:
-    """Metrics of whole-frame inference (the plugin's :func:`segment`) on simulated frames."""
+    """Metrics of whole-frame inference (the plugin's :func:`segment`) on simulated frames.
+
+    The frames' pixel size is the generator config's, resampled as the plugin does.
+    """
     images, truth = frames.inputs["images"], frames.labels["masks"]
-    result = segment(net, images, temperature=temperature)
-    with torch.inference_mode():
-        sample = slice(0, min(len(images), 8))
-        logits = _logits(net, preprocess(images[sample])).cpu()
+    pixel_size = frames.config["structure"]["pixel_size_um"]
+    result = segment(net, images, temperature=temperature, pixel_size_um=pixel_size)
+    metrics = {**mask_metrics(result.mask, truth)}
+    if np.isclose(pixel_size, TRAINING_PIXEL_SIZE_UM):
+        with torch.inference_mode():
+            sample = slice(0, min(len(images), 8))
+            logits = _logits(net, preprocess(images[sample])).cpu()
+        metrics["pixel_ece"] = pixel_calibration_error(logits, truth[sample], temperature)
     return {
-        **mask_metrics(result.mask, truth),
-        "pixel_ece": pixel_calibration_error(logits, truth[sample], temperature),
+        **metrics,
         "generator_seed": frames.seed,
+        "pixel_size_um": pixel_size,
         "data": f"whole {FRAME_SIZE}x{FRAME_SIZE} frames of held-out specimens",
     }
+
+
+def resampled_crops(n: int, seed: int, pixel_size_um: float) -> Split:
+    """``n`` training crops of one specimen imaged at ``pixel_size_um``, on the training grid.
+
+    Frames a little larger than a crop's area are simulated at that pixel size,
+    resampled (:func:`to_training_grid`; masks with :func:`to_frame_grid`) and
+    cut to their central :data:`CROP_SIZE` pixels.
+    """
+    from dataclasses import replace
+
+    from smartlab_plugins.devices.microscopy import MicroscopyConfig, simulate
+
+    side = int(np.ceil(CROP_SIZE * TRAINING_PIXEL_SIZE_UM / pixel_size_um)) + 2
+    base = MicroscopyConfig(frame_size=side, n_structures=1)
+    config = replace(base, structure=replace(base.structure, pixel_size_um=pixel_size_um))
+    made = simulate(n, seed=seed, config=config)
+    images = to_training_grid(made.inputs["images"], pixel_size_um)
+    masks = to_frame_grid(made.labels["masks"], images.shape[1:])
+    top, left = ((length - CROP_SIZE) // 2 for length in images.shape[1:])
+    window = (slice(None), slice(top, top + CROP_SIZE), slice(left, left + CROP_SIZE))
+    return Split(preprocess(images[window]), masks[window].astype(np.uint8))
+
+
+#: Detector change the robustness scores apply to held-out frames: gain, offset, gamma.
+SHIFTED_DETECTOR = (1.9, 0.08, 0.62)
+#: Fixed SE yields (ferrite, particle, film, lamella) the robustness scores image frames with.
+FIXED_LEVELS = {
+    "old_simulator_levels": (0.25, 0.65, 0.90, 0.65),
+    "particles_brighter_than_films": (0.20, 0.75, 0.50, 0.60),
+    "films_brighter_than_particles": (0.20, 0.50, 0.75, 0.60),
+}
+#: Pixel sizes (um) the robustness scores image held-out specimens at.
+OTHER_PIXEL_SIZES = (0.03, 0.04, 0.065, 0.08, 0.1)
+
+
+def robustness_metrics(net: nn.Module, seed: int, n: int = 8) -> dict[str, Any]:
+    """Mean and per-phase IoU of ``n`` whole frames under conditions the scope claims.
+
+    ``detector_shifted``: the held-out frames of ``specimen_seed(seed)`` through
+    another detector response (:data:`SHIFTED_DETECTOR`), with the share of
+    pixels whose phase stays the same; one entry per :data:`FIXED_LEVELS`
+    (films and particles of equal shape, swapped brightness); one per
+    :data:`OTHER_PIXEL_SIZES` (the same steel on another pixel grid, resampled
+    as the plugin does). One specimen per condition, to keep it quick.
+    """
+    from smartlab_plugins.devices.microscopy import Imaging, respond
+
+    def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+        metrics = mask_metrics(predicted, truth)
+        return {"mean_iou": metrics["mean_iou"], "iou": metrics["iou"]}
+
+    frames = held_out_frames(n, seed, n_specimens=1)
+    images, truth = frames.inputs["images"], frames.labels["masks"]
+    plain = segment(net, images).mask
+    gain, offset, gamma = (np.full(n, v) for v in SHIFTED_DETECTOR)
+    shifted = segment(net, respond(images, gain, offset, gamma)).mask
+    out: dict[str, Any] = {
+        "frames_per_condition": n,
+        "detector_shifted": {
+            **scores(shifted, truth),
+            "gain_offset_gamma": list(SHIFTED_DETECTOR),
+            "same_phase_as_unshifted": float((shifted == plain).mean()),
+        },
+    }
+    for name, levels in FIXED_LEVELS.items():
+        fixed = held_out_frames(n, seed, 1, imaging=Imaging.fixed(levels, n=n))
+        out[name] = {
+            **scores(segment(net, fixed.inputs["images"]).mask, fixed.labels["masks"]),
+            "levels": list(levels),
+        }
+    out["pixel_size_um"] = {}
+    for size in OTHER_PIXEL_SIZES:
+        other = held_out_frames(n, seed, 1, pixel_size_um=size)
+        mask = segment(net, other.inputs["images"], pixel_size_um=size).mask
+        out["pixel_size_um"][str(size)] = scores(mask, other.labels["masks"])
+    return out
 
 
 class MicrographTask:
     """Training and scoring of ``micrograph_unet`` (see :mod:`smartlab_plugins.models.training`).
 
-    ``make_data`` returns 64 x 64 crops (``n`` of them) from
+    ``make_data`` returns 128 x 128 crops (``n`` of them) from
     ``n_specimens`` specimens of generator seed ``specimen_seed(seed)``; the
     loss is the per-pixel cross-entropy and the validation score 1 - mean IoU.
 
@@ -355,8 +620,9 @@ class MicrographTask:
     then ``evaluate`` on one Task, so ``make_data`` notes the held-out seed
     (``seed + HELD_OUT_OFFSET``) and ``calibrate`` the trained network; ``evaluate``
     then reports ``held_out_frames`` whole 256 x 256 frames of that seed at the
-    top level, and the crops of the test split it was given under
-    ``test_split``. Otherwise (``smartlab evaluate``, fine-tuning) it scores the
+    top level, the crops of the test split it was given under ``test_split``
+    and (unless ``robustness`` is False) :func:`robustness_metrics` under
+    ``robustness``. Otherwise (``smartlab evaluate``, fine-tuning) it scores the
     split it is given; :meth:`evaluate_model` scores whole frames of any seed.
     """
 
@@ -372,10 +638,14 @@ class MicrographTask:
         levels: int = 3,
         n_specimens: int = TRAINING_SPECIMENS,
         held_out: int = HELD_OUT_FRAMES,
+        robustness: bool = True,
+        resampled_pixel_sizes: tuple[float, ...] = RESAMPLED_PIXEL_SIZES_UM,
     ) -> None:
         self.outputs = phase_names()
         self.width, self.levels = width, levels
         self.n_specimens, self.held_out = n_specimens, held_out
+        self.robustness = robustness
+        self.resampled_pixel_sizes = resampled_pixel_sizes
         self.held_out_seed: int | None = None
         self.trained: nn.Module | None = None
 
@@ -384,15 +654,33 @@ class MicrographTask:
             **config_dict(crop_config(self.n_specimens)),
             "specimen_seed": f"{SPECIMEN_SEED_BASE} + generator_seed",
             "held_out_specimen_seed": f"{SPECIMEN_SEED_BASE} + generator_seed + {HELD_OUT_OFFSET}",
+            "resampled_pixel_sizes_um": list(self.resampled_pixel_sizes),
+            "resampled_share": RESAMPLED_SHARE if self.resampled_pixel_sizes else 0.0,
+            "resampled_specimen_seed": f"{SPECIMEN_SEED_BASE} + generator_seed + "
+            f"{RESAMPLED_SEED_STEP} * (j + 1) for pixel size j, one specimen each",
         }
 
     def make_data(self, n: int, seed: int) -> Split:
-        """``n`` training crops; notes the seed of the held-out whole frames."""
+        """``n`` training crops; notes the seed of the held-out whole frames.
+
+        A share :data:`RESAMPLED_SHARE` of them is imaged at the
+        ``resampled_pixel_sizes`` and brought to the training pixel size as the
+        plugin does (:func:`to_training_grid`, masks by nearest neighbour), so
+        the network has seen the textures that resampling leaves.
+        """
         from smartlab_plugins.devices.microscopy import simulate
 
         self.held_out_seed = seed + HELD_OUT_OFFSET
-        return self.from_set(
-            simulate(n, seed=specimen_seed(seed), config=crop_config(self.n_specimens))
+        sizes = self.resampled_pixel_sizes
+        per_size = round(n * RESAMPLED_SHARE / len(sizes)) if sizes else 0
+        config = crop_config(self.n_specimens)
+        parts = [self.from_set(simulate(n - per_size * len(sizes), specimen_seed(seed), config))]
+        for j, size in enumerate(sizes):
+            parts.append(
+                resampled_crops(per_size, specimen_seed(seed) + RESAMPLED_SEED_STEP * (j + 1), size)
+            )
+        return Split(
+            np.concatenate([part.x for part in parts]), np.concatenate([part.y for part in parts])
         )
 
     def from_set(self, made: SimulatedSet) -> Split:
@@ -406,16 +694,46 @@ class MicrographTask:
         }
 
     def preprocessing(self) -> dict[str, Any]:
+        low, high = pixel_size_range()
+        config = crop_config(self.n_specimens)
         return {
             "steps": [
-                f"(SE yield - {INPUT_OFFSET}) / {INPUT_SCALE}",
+                f"frames of another declared pixel size: resampled to {TRAINING_PIXEL_SIZE_UM} um "
+                f"(linear; accepted from {low:g} to {high:g} um, others refused), the phase map "
+                "sampled back to the frame's grid",
+                "rank normalisation per frame: sqrt(12) * (quantile - 1/2); frames whose values "
+                f"spread less than {MIN_RANK_SPREAD} (constant, blank, saturated) are refused",
                 f"reflect-pad rows and columns to a multiple of {2 ** (self.levels - 1)}",
                 f"frames with a side above {TILE_SIZE}: tiles of {TILE_SIZE} with "
                 f"{TILE_MARGIN} pixels of context",
             ],
             "classes": self.outputs,
             "training_crop": CROP_SIZE,
-            "frame_size": f"any, at least {MIN_SIDE} pixels a side; pixel size 0.05 um",
+            "frame_size": f"any, at least {MIN_SIDE} pixels a side",
+            "scope": {
+                "phases": {
+                    "ferrite": "matrix grains",
+                    "spheroidite": "compact round cementite particles, in grains and on boundaries",
+                    "gb_carbide": "thin continuous cementite films along grain boundaries",
+                    "pearlite": "colonies of cementite/ferrite lamellae",
+                },
+                "pixel_size_um": {
+                    "trained": TRAINING_PIXEL_SIZE_UM,
+                    "accepted": [low, high],
+                },
+                "lamella_spacing_um": list(config.structure.lamella_spacing_um),
+                "gb_thickness_um": list(config.structure.gb_thickness_um),
+                "ferrite_level": list(config.ferrite_level),
+                "cementite_contrast": list(config.cementite_contrast),
+                "carbide_spread": config.carbide_spread,
+                "detector_gain": list(config.gain),
+                "detector_offset": list(config.offset),
+                "detector_gamma": list(config.gamma),
+                "dose_electrons_per_pixel": config.dose,
+                "note": "rank normalisation makes the answer independent of any increasing "
+                "grey-level map, so gain, offset and gamma beyond these ranges give the same "
+                "input; brightness is not a cue by design",
+            },
             "uncertainty": "1 - max softmax(logits / temperature)",
         }
 
@@ -446,7 +764,10 @@ class MicrographTask:
         if self.trained is None or self.held_out_seed is None:
             return metrics
         frames = held_out_frames(self.held_out, self.held_out_seed)
-        return {**frame_metrics(self.trained, frames, temperature), "test_split": metrics}
+        scores = {**frame_metrics(self.trained, frames, temperature), "test_split": metrics}
+        if self.robustness:
+            scores["robustness"] = robustness_metrics(self.trained, self.held_out_seed)
+        return scores
 
     def evaluate_model(self, model: LoadedModel, n: int, seed: int) -> dict[str, Any]:
         """Metrics of a loaded model on ``n`` whole frames of ``specimen_seed(seed)``."""

@@ -1,14 +1,27 @@
 """``micrograph_unet``: the phase map and the phase area fractions of every SEM frame.
 
-Reads the ``camera_image`` field (SEM frames in secondary-electron yield
-units at 0.05 um per pixel, as the simulated ``SEMCamera`` records them) and
-publishes, per event, the array ``mask`` (uint8 phase ids, dims ``row``,
-``column``: 0 ferrite, 1 spheroidite, 2 grain-boundary carbide, 3 pearlite)
-and the scalars ``fraction_ferrite``, ``fraction_spheroidite``,
+Reads the ``camera_image`` field (SEM frames, as the simulated ``SEMCamera``
+records them) and publishes, per event, the array ``mask`` (uint8 phase ids,
+dims ``row``, ``column``: 0 ferrite, 1 spheroidite, 2 grain-boundary carbide,
+3 pearlite) and the scalars ``fraction_ferrite``, ``fraction_spheroidite``,
 ``fraction_gb_carbide`` and ``fraction_pearlite`` (area fractions of the
 frame). The run's summary holds the mean fractions over its frames. The
 model, its training and its held-out accuracy are in its model card
 (``smartlab_plugins/models/weights/micrograph_unet.json``).
+
+Grey scale. Each frame is rank normalised, so the answer does not depend on the
+detector's gain, offset or gamma (any increasing map of the grey levels); the
+phases are told apart by shape. A frame with no contrast (constant, blank, or
+mostly one saturated value) is refused for its event, with an error naming it.
+
+Pixel size. The model was trained at 0.05 um per pixel. When the field's data
+key declares ``pixel_size`` and ``pixel_size_units`` (as the SEM camera's
+does), a frame of another pixel size from 0.025 to 0.1 um is resampled to the
+training one and its mask brought back to the frame's own shape; one outside
+that range, or a declaration that is not a positive number with a length
+unit, is refused for its events with an error naming the field and the value.
+Without a declaration the frames are taken to be at the training pixel size,
+which the plugin logs once per run.
 
 Frame size: the U-Net is fully convolutional, so any frame of at least 16 x 16
 pixels is segmented as it is (reflect-padded to a multiple of 4; frames above
@@ -24,6 +37,7 @@ and its per-frame mean ``uncertainty_mean``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +47,7 @@ from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunConte
 from smartlab_plugins.models import segmentation
 from smartlab_plugins.models.inference import ModelPlugin
 
+logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
     name=segmentation.NAME,
     version=segmentation.VERSION,
@@ -65,6 +80,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     if FIELD not in batch.data:
         return None
     frames = checked_frames(batch)
+    pixel_size = frame_pixel_size(run, batch)
     model = run.state["model"]
     wants_uncertainty = bool(run.options.get("uncertainty", False))
     result = segmentation.segment(
@@ -72,6 +88,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
         frames,
         temperature=model.card.extras.get("temperature", 1.0),
         uncertainty=wants_uncertainty,
+        pixel_size_um=pixel_size,
     )
     names = segmentation.phase_names()
     run.state["fraction_sums"] = run.state.get("fraction_sums", 0.0) + result.fractions.sum(axis=0)
@@ -103,15 +120,79 @@ def smartlab_finish_run(run: RunContext, stop: Mapping[str, Any]) -> dict[str, A
     }
 
 
+def _events(batch: EventBatch) -> str:
+    """The batch's events, for error messages."""
+    first, last = int(batch.seq_num[0]), int(batch.seq_num[-1])
+    return f"event {first}" if first == last else f"events {first}-{last}"
+
+
 def checked_frames(batch: EventBatch) -> np.ndarray:
-    """The batch's frames, refused unless 2-D with at least ``MIN_SIDE`` rows and columns."""
+    """The batch's frames, refused unless 2-D, at least ``MIN_SIDE`` a side, and with contrast.
+
+    A failing batch is retried event by event by the worker, so the message
+    ends up against the events that are wrong.
+    """
     frames = np.asarray(batch.data[FIELD])
     shape = frames.shape[1:]
     if len(shape) != 2 or min(shape) < segmentation.MIN_SIDE:
         low = segmentation.MIN_SIDE
         raise ValueError(
             f"{NAME}: expected 2-D frames of at least {low}x{low} pixels in field {FIELD!r}, "
-            f"got {'x'.join(map(str, shape))} (events {int(batch.seq_num[0])}-"
-            f"{int(batch.seq_num[-1])})"
+            f"got {'x'.join(map(str, shape))} ({_events(batch)})"
+        )
+    flat = segmentation.contrastless(segmentation.rank_normalised(frames))
+    if flat.any():
+        values = frames[flat].reshape(int(flat.sum()), -1)
+        raise ValueError(
+            f"{NAME}: frame in field {FIELD!r} has no contrast (most pixels equal "
+            f"{float(np.median(values[0])):g}; {_events(batch.take(np.flatnonzero(flat)))}): "
+            "a blank, constant or saturated frame is not segmented"
         )
     return frames
+
+
+def frame_pixel_size(run: RunContext, batch: EventBatch) -> float:
+    """The pixel size (um) of the batch's frames, as their data key declares it.
+
+    Without a declaration: the training pixel size, logged once per run.
+    Raises ValueError (the worker records it against each event) when the
+    declaration is unusable or outside the range the model resamples.
+    """
+    data_key = run.descriptors.get(batch.stream, {}).get("data_keys", {}).get(FIELD, {})
+    try:
+        declared = segmentation.declared_pixel_size(dict(data_key), FIELD)
+    except ValueError as exc:
+        raise ValueError(f"{NAME}: {exc} ({_events(batch)})") from None
+    if declared is None:
+        _once(
+            run,
+            "no_pixel_size",
+            logging.INFO,
+            "field %r declares no pixel_size; assuming the training pixel size, %g um",
+            FIELD,
+            segmentation.TRAINING_PIXEL_SIZE_UM,
+        )
+        return segmentation.TRAINING_PIXEL_SIZE_UM
+    try:
+        segmentation.check_pixel_size(declared, FIELD)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({_events(batch)})") from None
+    if not np.isclose(declared, segmentation.TRAINING_PIXEL_SIZE_UM, rtol=1e-3, atol=0.0):
+        _once(
+            run,
+            "resampled",
+            logging.INFO,
+            "field %r declares pixel_size %g um; resampling its frames to the training %g um",
+            FIELD,
+            declared,
+            segmentation.TRAINING_PIXEL_SIZE_UM,
+        )
+    return declared
+
+
+def _once(run: RunContext, key: str, level: int, message: str, *args: object) -> None:
+    """Log ``message`` the first time ``key`` comes up in this run."""
+    notes = run.state.setdefault("noted", set())
+    if key not in notes:
+        notes.add(key)
+        logger.log(level, "run %s plugin %s: " + message, run.uid[:8], NAME, *args)

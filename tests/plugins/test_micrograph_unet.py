@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+from dataclasses import replace
 
 import bluesky.plans as bp
 import numpy as np
@@ -10,11 +11,9 @@ import pytest
 from event_model import compose_run
 from ophyd import Kind
 
-from smartlab_plugins.devices.microscopy import MicroscopyConfig, make_devices
+from smartlab_plugins.devices.microscopy import MicroscopyConfig, MicrostructureConfig, make_devices
 from smartlab_plugins.models import segmentation
-from smartlab_plugins.models.segmentation import MicrographTask
 from smartlab_plugins.models.store import shared_model
-from smartlab_plugins.models.training import TrainingConfig, train_model
 from smartlab_plugins.plugins import micrograph_unet
 from smartlab_plugins.results import find_analyses, read_array, read_errors, read_events
 
@@ -22,27 +21,9 @@ NAME = micrograph_unet.NAME
 FRACTIONS = [f"fraction_{name}" for name in segmentation.phase_names()]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net (width 8, 1,000 crops of one specimen, ~15 s on one thread) and its card."""
-    out = tmp_path_factory.mktemp("micrograph_unet")
-    config = TrainingConfig(
-        n_samples=1000,
-        seed=5,
-        batch_size=8,
-        learning_rate=3e-3,
-        max_epochs=3,
-        max_minutes=1.0,
-        threads=1,
-    )
-    train_model(MicrographTask(width=8, n_specimens=1, held_out=8), config, out, progress=False)
-    return out
-
-
 @pytest.fixture
-def smartlab(model_dir, make_smartlab, monkeypatch):
-    """SmartLab with micrograph_unet (from its entry point) alone, loading the tiny model."""
-    monkeypatch.setenv("SMARTLAB_MODEL_DIR", str(model_dir))
+def smartlab(make_smartlab):
+    """SmartLab with micrograph_unet (from its entry point) alone, loading the shipped model."""
     shared_model.cache_clear()
     yield make_smartlab(plugins=[NAME])
     shared_model.cache_clear()
@@ -153,18 +134,102 @@ def test_other_frame_sizes_are_segmented_tiny_and_nan_frames_refused_per_event(
 
 
 def run_with_a_nan_frame(smartlab) -> str:
-    """A run of two 64 x 64 frames, the first with a NaN pixel, fed to SmartLab directly."""
+    """A run of two 64 x 64 frames, the first with a NaN pixel."""
+    frames = [frame_of(seed=23), frame_of(seed=23)]
+    frames[0][10, 10] = np.nan
+    return run_with_frames(smartlab, frames)
+
+
+def at_pixel_size(pixel_size: float, frame_size: int = 200) -> MicroscopyConfig:
+    """A camera over a small specimen (768 pixels a side) imaged at ``pixel_size`` um."""
+    structure = MicrostructureConfig(size_px=768, pixel_size_um=pixel_size)
+    return MicroscopyConfig(frame_size=frame_size, structure=structure)
+
+
+def test_a_declared_pixel_size_is_resampled_and_one_far_off_refused_per_event(
+    RE, smartlab, client, caplog
+):
+    finer = make_devices(seed=24, config=at_pixel_size(0.04))
+    finer["camera"].mask.kind = Kind.normal
+    far = make_devices(seed=24, config=at_pixel_size(0.2, frame_size=64))
+    RE.subscribe(smartlab)
+    with caplog.at_level(logging.INFO, logger=micrograph_unet.__name__):
+        (finer_uid,) = RE(bp.count([finer["camera"]], 2))
+        (far_uid,) = RE(bp.count([far["camera"]], 2))
+        smartlab.flush()
+
+    key = finer["camera"].describe()["camera_image"]  # the data key of the run's descriptor
+    assert (key["pixel_size"], key["pixel_size_units"]) == (0.04, "um")
+    masks = read_array(analysis_of(client, finer_uid), "mask")
+    truth = np.asarray(client[finer_uid]["primary"]["camera_mask"].read())
+    assert masks.shape == truth.shape == (2, 200, 200)
+    assert (masks == truth).mean() > 0.93
+    resampled = [r for r in caplog.records if "resampling its frames" in r.getMessage()]
+    assert len(resampled) == 1 and "pixel_size 0.04 um" in resampled[0].getMessage()
+
+    far_analysis = analysis_of(client, far_uid)
+    errors = read_errors(far_analysis)
+    assert list(errors["seq_num"]) == [1, 2] and set(errors["stage"]) == {"analyze"}
+    assert (
+        "micrograph_unet: field 'camera_image' declares pixel_size 0.2 um; the model was trained "
+        "at 0.05 um and resamples frames from 0.025 to 0.1 um only" in errors["message"].iloc[0]
+    )
+    assert read_events(far_analysis).empty
+
+
+def test_a_detector_gain_and_gamma_change_leaves_the_published_maps_unchanged(RE, smartlab, client):
+    plain = make_devices(seed=25)
+    changed = make_devices(seed=25)  # same specimen, same noise draws
+    changed["camera"].gain.set(1.9).wait()
+    changed["camera"].offset.set(0.08).wait()
+    changed["camera"].gamma.set(0.62).wait()
+    RE.subscribe(smartlab)
+    uids = [RE(bp.count([devices["camera"]], 2))[0] for devices in (plain, changed)]
+    smartlab.flush()
+
+    images = [np.asarray(client[uid]["primary"]["camera_image"].read()) for uid in uids]
+    assert abs(images[1].mean() / images[0].mean() - 1) > 0.2  # the grey scale did change
+    masks = [read_array(analysis_of(client, uid), "mask") for uid in uids]
+    assert (masks[0] == masks[1]).mean() > 0.999
+
+
+def test_a_blank_frame_is_refused_for_its_event_and_a_missing_pixel_size_noted_once(
+    smartlab, client, caplog
+):
+    with caplog.at_level(logging.INFO, logger=micrograph_unet.__name__):
+        uid = run_with_frames(smartlab, [np.zeros((64, 64), np.float32), frame_of(seed=26)])
+        smartlab.flush()
+
+    analysis = analysis_of(client, uid)
+    errors = read_errors(analysis)
+    assert list(errors["seq_num"]) == [1] and list(errors["stage"]) == ["analyze"]
+    assert (
+        "micrograph_unet: frame in field 'camera_image' has no contrast (most pixels equal 0; "
+        "event 1)" in errors["message"].iloc[0]
+    )
+    assert list(read_events(analysis)["seq_num"]) == [2]
+    noted = [r for r in caplog.records if "declares no pixel_size" in r.getMessage()]
+    assert len(noted) == 1 and "assuming the training pixel size, 0.05 um" in noted[0].getMessage()
+
+
+def frame_of(seed: int) -> np.ndarray:
+    """One 64 x 64 frame of the simulated camera."""
+    camera = make_devices(seed=seed, config=replace(MicroscopyConfig(), frame_size=64))["camera"]
+    camera.trigger()
+    return camera.image.get()
+
+
+def run_with_frames(smartlab, frames: list[np.ndarray]) -> str:
+    """A run of the given frames in a data key without a pixel size, fed to SmartLab directly."""
     run = compose_run(metadata={"smartlab": {"plugins": [NAME]}})
+    shape = list(frames[0].shape)
     descriptor = run.compose_descriptor(
         name="primary",
-        data_keys={"camera_image": {"source": "sim", "dtype": "array", "shape": [64, 64]}},
+        data_keys={"camera_image": {"source": "sim", "dtype": "array", "shape": shape}},
     )
     smartlab("start", run.start_doc)
     smartlab("descriptor", descriptor.descriptor_doc)
-    frame = np.full((64, 64), 0.25, dtype=np.float32)
-    for seq_num, value in ((1, np.nan), (2, 0.9)):
-        image = frame.copy()
-        image[10, 10] = value
+    for seq_num, image in enumerate(frames, start=1):
         event = descriptor.compose_event(
             data={"camera_image": image}, timestamps={"camera_image": 0.0}, seq_num=seq_num
         )
