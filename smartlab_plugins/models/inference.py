@@ -10,6 +10,7 @@ which owns the device and the precision) are here, once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,26 @@ import torch
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, RunContext
 from smartlab_plugins.models import runtime
 from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
+
+
+def log_once(
+    logger: logging.Logger,
+    run: RunContext,
+    plugin: str,
+    key: str,
+    level: int,
+    message: str,
+    *args: object,
+) -> None:
+    """Log ``message`` (%-style, with ``args``) the first time ``key`` comes up in this run.
+
+    Prefixed with the run's short uid and ``plugin``; what a plugin says about a
+    whole run (an assumed grid or geometry, events flagged) is said once, not per batch.
+    """
+    notes = run.state.setdefault("noted", set())
+    if key not in notes:
+        notes.add(key)
+        logger.log(level, "run %s plugin %s: " + message, run.uid[:8], plugin, *args)
 
 
 def describe_model_plugin(

@@ -45,7 +45,7 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import segmentation
-from smartlab_plugins.models.inference import ModelPlugin
+from smartlab_plugins.models.inference import ModelPlugin, log_once
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -164,8 +164,10 @@ def frame_pixel_size(run: RunContext, batch: EventBatch) -> float:
     except ValueError as exc:
         raise ValueError(f"{NAME}: {exc} ({_events(batch)})") from None
     if declared is None:
-        _once(
+        log_once(
+            logger,
             run,
+            NAME,
             "no_pixel_size",
             logging.INFO,
             "field %r declares no pixel_size; assuming the training pixel size, %g um",
@@ -178,8 +180,10 @@ def frame_pixel_size(run: RunContext, batch: EventBatch) -> float:
     except ValueError as exc:
         raise ValueError(f"{exc} ({_events(batch)})") from None
     if not np.isclose(declared, segmentation.TRAINING_PIXEL_SIZE_UM, rtol=1e-3, atol=0.0):
-        _once(
+        log_once(
+            logger,
             run,
+            NAME,
             "resampled",
             logging.INFO,
             "field %r declares pixel_size %g um; resampling its frames to the training %g um",
@@ -188,11 +192,3 @@ def frame_pixel_size(run: RunContext, batch: EventBatch) -> float:
             segmentation.TRAINING_PIXEL_SIZE_UM,
         )
     return declared
-
-
-def _once(run: RunContext, key: str, level: int, message: str, *args: object) -> None:
-    """Log ``message`` the first time ``key`` comes up in this run."""
-    notes = run.state.setdefault("noted", set())
-    if key not in notes:
-        notes.add(key)
-        logger.log(level, "run %s plugin %s: " + message, run.uid[:8], NAME, *args)

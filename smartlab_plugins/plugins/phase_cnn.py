@@ -34,7 +34,7 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import phase
-from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency
+from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency, log_once
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -77,13 +77,14 @@ def network_input(
         return None
     data_key = run.descriptors.get(batch.stream, {}).get("data_keys", {}).get(FIELD, {})
     x, declared = phase.frames_to_input(batch.data[FIELD], data_key, config, FIELD)
-    if not declared and not run.state.get("noted_geometry"):
-        run.state["noted_geometry"] = True
-        logger.info(
-            "run %s plugin %s: field %r declares no geometry; assuming the simulated "
-            "detector's (%s mm, arm %s deg)",
-            run.uid[:8],
+    if not declared:
+        log_once(
+            logger,
+            run,
             plugin,
+            "no_geometry",
+            logging.INFO,
+            "field %r declares no geometry; assuming the simulated detector's (%s mm, arm %s deg)",
             FIELD,
             config.get("distance"),
             config.get("arm_two_theta"),

@@ -42,7 +42,7 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import spinwave
-from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency
+from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency, log_once
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -76,14 +76,6 @@ def smartlab_start_run(run: RunContext) -> None:
     PLUGIN.start_run(run)
 
 
-def _once(run: RunContext, key: str, level: int, message: str, *args: object) -> None:
-    """Log ``message`` the first time ``key`` comes up in this run."""
-    notes = run.state.setdefault("noted", set())
-    if key not in notes:
-        notes.add(key)
-        logger.log(level, "run %s plugin %s: " + message, run.uid[:8], NAME, *args)
-
-
 def _grid_range(axes: dict[str, np.ndarray]) -> str:
     """The training grid's extent, for log lines."""
     q, e = (np.asarray(axes[d]) for d in spinwave.AXES)
@@ -114,8 +106,10 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
     declared = spinwave.declared_axes(dict(data_key), FIELD, values.shape[1:])
     if declared is None:
         if values.shape[1:] == spinwave.FIELD_SHAPE:
-            _once(
+            log_once(
+                logger,
                 run,
+                NAME,
                 "no_axes",
                 logging.INFO,
                 "field %r declares no axes (coords); assuming the training grid (%s)",
@@ -123,8 +117,10 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
                 _grid_range(target),
             )
         elif run.options.get("resample"):
-            _once(
+            log_once(
+                logger,
                 run,
+                NAME,
                 "resample_without_axes",
                 logging.WARNING,
                 "field %r of shape %s declares no axes (coords); resample stretches it onto %s "
@@ -138,8 +134,10 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
     axes, dims = declared
     plan = spinwave.plan_regrid(axes, dims, target, FIELD)
     if plan.partial:
-        _once(
+        log_once(
+            logger,
             run,
+            NAME,
             "partial_axes",
             logging.WARNING,
             "field %r covers the training grid only partly (%s); its events are flagged "
@@ -165,13 +163,15 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     config = done.model.card.data["generator_config"]
     conditions = spinwave.outside_training(dict(batch.context), config, len(batch))
     flagged = conditions | partial
-    if conditions.any() and not run.state.get("warned"):
-        run.state["warned"] = True
-        logger.warning(
-            "run %s plugin %s: events measured away from the model's training conditions "
-            "(Ei %s meV, T %s K); their estimates are flagged outside_training=1 and may be biased",
-            run.uid[:8],
+    if conditions.any():
+        log_once(
+            logger,
+            run,
             NAME,
+            "outside_training",
+            logging.WARNING,
+            "events measured away from the model's training conditions (Ei %s meV, T %s K); "
+            "their estimates are flagged outside_training=1 and may be biased",
             config["ei"],
             config["temperature"],
         )
