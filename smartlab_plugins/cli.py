@@ -170,7 +170,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from smartlab_plugins.models.evaluate import evaluate, metric_tables
     from smartlab_plugins.status import format_table
 
-    report = evaluate(args.model, n=args.n, seed=args.seed, directory=args.model_dir)
+    report = evaluate(
+        args.model, n=args.n, seed=args.seed, directory=args.model_dir, shift=args.shift
+    )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -178,9 +180,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{report['model']} (sha256 {report['sha256'][:16]}...), "
         f"{args.n} new samples, seed {report['seed']}"
     )
-    for title, cells in metric_tables(report["metrics"]):
+    shown = report["metrics"]
+    if args.shift is not None:
+        print(f"shift {args.shift}: {report['description']}")
+        if "refused" in report:
+            print(f"refused before the model: {report['refused']}")
+            return 0
+        shown = {"ood": report["ood"], "honesty": report["honesty"], "metrics": shown or {}}
+    for title, cells in metric_tables(shown):
         print(f"\n{title}" if title else "")
         print(format_table(cells))
+    return 0
+
+
+def _calibrate_ood(args: argparse.Namespace) -> int:
+    from smartlab_plugins.models.ood import calibrate_model
+
+    info = calibrate_model(args.model, args.model_dir, n=args.n, seed=args.seed)
+    print(
+        f"wrote {info['file']} (sha256 {info['sha256'][:16]}...): {info['n_features']} features "
+        f"in groups {', '.join(info['groups'])}; threshold {info['threshold']:.4g} "
+        f"(the {info['quantile']:.0%} quantile of {info['n_threshold']} held-out inputs)"
+    )
     return 0
 
 
@@ -507,7 +528,31 @@ def build_parser() -> argparse.ArgumentParser:
         "model)",
     )
     evaluate.add_argument("--dir", dest="model_dir", type=Path, help=argparse.SUPPRESS)
+    evaluate.add_argument(
+        "--shift",
+        metavar="NAME",
+        help="score on a shifted instrument or garbage input instead (see docs/models/ood.md "
+        "for the names per model): metrics, OOD AUROC against the model's own domain, "
+        "interval coverage and confident-wrong answers",
+    )
     evaluate.set_defaults(func=_evaluate)
+
+    calibrate = commands.add_parser(
+        "calibrate-ood",
+        help="calibrate a model's out-of-distribution score on fresh in-distribution samples",
+        description="Simulate N samples from the model's training generator (a seed neither "
+        "training nor evaluate uses), fit the Mahalanobis statistics of its features and the "
+        "flag threshold, write MODEL.ood.npz beside the weights and record it in the card.",
+    )
+    calibrate.add_argument("model", choices=trainable)
+    calibrate.add_argument(
+        "-n", "--n", type=_positive, default=None, help="samples (default: the validation size)"
+    )
+    calibrate.add_argument("--seed", type=int, default=None, help="default: training seed + 3000")
+    calibrate.add_argument(
+        "--model-dir", type=Path, metavar="DIR", help="default: as `smartlab evaluate`"
+    )
+    calibrate.set_defaults(func=_calibrate_ood)
 
     ipython = commands.add_parser(
         "ipython",

@@ -208,7 +208,8 @@ class _SeriesView(LiveView):
         x, y = self.sorted_series(name)
         _, inside = self.sorted_series("in_distribution")
         outside = ~inside.astype(bool)
-        ax.plot(x[outside], y[outside], "x", color="C3", ms=9, label="not in distribution")
+        if outside.any():
+            ax.plot(x[outside], y[outside], "x", color="C3", ms=9, label="not in distribution")
 
 
 class LiveCouplings(_SeriesView):

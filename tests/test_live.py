@@ -30,10 +30,16 @@ def test_live_phases_plot_the_published_probabilities(RE, make_smartlab, client,
 
     assert view.update()
     lines = {line.get_label(): line for line in view.ax.get_lines()}
-    assert set(lines) == {"rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture"}
-    assert legend_texts(view.ax) == ["rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture"]
-    np.testing.assert_allclose(lines["tetragonal"].get_xdata(), compositions)
+    phases = ["rhombohedral", "monoclinic", "tetragonal", "cubic", "mixture"]
     table = read_events(find_analyses(client, run_uid=uid, plugin="phase_cnn")[0])
+    outside = table[table["in_distribution"] == 0]
+    crossed = ["not in distribution"] if len(outside) else []
+    assert set(lines) == {*phases, *crossed}
+    assert legend_texts(view.ax) == [*phases, *crossed]
+    if crossed:  # the confidence of each event flagged out of distribution, crossed out
+        np.testing.assert_allclose(lines[crossed[0]].get_xdata(), outside["sample_x"])
+        np.testing.assert_allclose(lines[crossed[0]].get_ydata(), outside["confidence"])
+    np.testing.assert_allclose(lines["tetragonal"].get_xdata(), compositions)
     np.testing.assert_allclose(lines["tetragonal"].get_ydata(), table["p_tetragonal"], rtol=1e-6)
     assert view.ax.get_xlabel() == "sample_x (Ti fraction)"  # the unit from the descriptor
     assert view.ax.get_title() == f"phase_cnn, scan 1 ({uid[:8]})"
@@ -94,6 +100,7 @@ def test_live_transition_shows_the_onset_with_its_std_in_the_descriptors_unit(
     assert legend_texts(view.ax) == [
         "p(transition begun)",
         f"flag: onset {onset:.1f} ± {std:.1f} K",
+        f"in distribution: {'yes' if flagged['in_distribution'] else 'no'}",
     ]
     (span,) = view.ax.patches  # the band onset ± std
     x = span.get_path().transformed(span.get_patch_transform()).vertices[:, 0]

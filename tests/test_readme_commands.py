@@ -26,11 +26,11 @@ import pytest
 from smartlab_plugins.cases import simulate_case
 from smartlab_plugins.cli import build_parser
 from smartlab_plugins.devices.dataset import SimulatedSet
-from smartlab_plugins.models.cards import ModelCard
-from smartlab_plugins.models.store import card_of
+from smartlab_plugins.models.cards import ModelCard, sha256_of
+from smartlab_plugins.models.store import card_of, load_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-MODEL_COMMANDS = ("train", "evaluate", "simulate", "finetune")
+MODEL_COMMANDS = ("train", "evaluate", "simulate", "finetune", "calibrate-ood")
 ENTRY_POINT = shutil.which("smartlab", path=str(Path(sys.executable).parent))
 
 #: Lines of those blocks that are not run, and why.
@@ -148,6 +148,14 @@ def check_evaluate(
     args: argparse.Namespace, result: subprocess.CompletedProcess, workdir: Path
 ) -> None:
     shipped = card_of(args.model)
+    if args.shift is not None:
+        first, second, *_ = result.stdout.splitlines()
+        assert first.startswith(f"{args.model} (sha256 {shipped.sha256[:16]}...), {args.n} new")
+        assert second.startswith(f"shift {args.shift}: ")
+        auroc = re.search(r"^auroc\s+(\S+)$", result.stdout, flags=re.M)
+        assert auroc and 0.5 <= float(auroc.group(1)) <= 1.0, result.stdout
+        assert re.search(r"^confident_wrong|^in_68_interval_j1", result.stdout, flags=re.M)
+        return
     if args.json:
         report = json.loads(result.stdout)
         assert report["model"] == args.model and report["sha256"] == shipped.sha256
@@ -183,7 +191,20 @@ def check_finetune(
     assert f"SMARTLAB_MODEL_DIR={args.out}" in result.stdout
 
 
+def check_calibrate_ood(
+    args: argparse.Namespace, result: subprocess.CompletedProcess, workdir: Path
+) -> None:
+    directory = workdir / args.model_dir
+    card = ModelCard.load(directory / f"{args.model}.json")
+    entry = card.extras["ood"]
+    assert entry["n_fit"] + entry["n_threshold"] == args.n
+    assert entry["sha256"] == sha256_of(directory / entry["file"])
+    assert f"wrote {entry['file']} (sha256 {entry['sha256'][:16]}...)" in result.stdout
+    assert load_model(args.model, directory, device="cpu").ood is not None
+
+
 CHECKS = {
+    "calibrate-ood": check_calibrate_ood,
     "train": check_train,
     "evaluate": check_evaluate,
     "simulate": check_simulate,

@@ -17,6 +17,13 @@
     inverse-variance weighting and stops once every parameter in ``target``
     (e.g. ``{"j1": 0.005}`` meV) has a combined standard deviation below it.
 
+All three **ignore results their plugin flagged out of distribution**
+(``in_distribution`` 0, see docs/models/ood.md): such an answer may be wrong
+whatever uncertainty it states, so it neither moves a bracket, nor places a
+class boundary, nor enters a combined estimate. The summary counts them
+(``ignored_out_of_distribution``); ``phase_boundary`` does not propose a flagged
+point again, and leaves unresolved a gap that holds one.
+
 Settings come from the plan's ``options``
 (:class:`~smartlab_plugins.adaptive.protocol.PlanContext`).
 Each planner leaves a JSON-clean ``plan.state["summary"]`` (its estimate), which the
@@ -41,7 +48,25 @@ from smartlab_plugins.adaptive.protocol import (
     hookimpl,
 )
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: results flagged out of distribution are ignored
+
+
+def trusted(plan: PlanContext, observation: Observation) -> bool:
+    """False for a result flagged ``in_distribution`` 0, which is counted in ``plan.state``."""
+    flag = observation.values.get("in_distribution")
+    if flag is None or bool(flag):
+        return True
+    plan.state["ignored_out_of_distribution"] = plan.state.get("ignored_out_of_distribution", 0) + 1
+    plan.state.setdefault("untrusted_positions", []).append(dict(observation.position))
+    return False
+
+
+def _with_ignored(plan: PlanContext, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the number of results ignored as out of distribution."""
+    return {
+        **summary,
+        "ignored_out_of_distribution": plan.state.get("ignored_out_of_distribution", 0),
+    }
 
 
 def _axis(plan: PlanContext) -> str:
@@ -77,6 +102,8 @@ class TransitionBracket:
         threshold = float(plan.options.get("threshold", 0.5))
         seen = plan.state.setdefault("seen", [])
         for observation in observations:
+            if not trusted(plan, observation):
+                continue
             value = observation.values.get(indicator)
             if axis in observation.position and value is not None and math.isfinite(value):
                 seen.append((observation.position[axis], value >= threshold, observation.seq_num))
@@ -131,17 +158,22 @@ class TransitionBracket:
             return None
         if s["hi"] is None:
             if s["lo"] >= s["end"]:
-                plan.state["summary"] = {"transition": False, "up_to": sign * s["lo"]}
+                plan.state["summary"] = _with_ignored(
+                    plan, {"transition": False, "up_to": sign * s["lo"]}
+                )
                 return f"no transition up to the end of the ramp ({sign * s['end']:.2f} K)"
             return None
         width = s["hi"] - s["lo"]
         estimate = sign * (s["lo"] + s["hi"]) / 2
-        plan.state["summary"] = {
-            "transition": True,
-            "temperature": estimate,
-            "half_width": width / 2,
-            "bracket": sorted((sign * s["lo"], sign * s["hi"])),
-        }
+        plan.state["summary"] = _with_ignored(
+            plan,
+            {
+                "transition": True,
+                "temperature": estimate,
+                "half_width": width / 2,
+                "bracket": sorted((sign * s["lo"], sign * s["hi"])),
+            },
+        )
         resolution = float(plan.options.get("resolution", 1.0))
         if width <= resolution:
             return (
@@ -171,7 +203,7 @@ class PhaseBoundary:
         seen = plan.state.setdefault("seen", {})
         for observation in observations:
             names = sorted(k for k in observation.values if k.startswith("p_"))
-            if axis not in observation.position or not names:
+            if axis not in observation.position or not names or not trusted(plan, observation):
                 continue
             p = np.clip(np.array([float(observation.values[k]) for k in names]), 1e-12, 1.0)
             p = p / p.sum()
@@ -182,10 +214,12 @@ class PhaseBoundary:
         axis = _axis(plan)
         low, high = plan.axes[axis]
         seen = plan.state.get("seen", {})
+        untrusted = [p[axis] for p in plan.state.get("untrusted_positions", []) if axis in p]
         initial = int(plan.options.get("initial", 5))
-        if len(seen) < initial:
+        if len(seen) + len(untrusted) < initial:
             grid = np.linspace(low, high, initial)
-            todo = [x for x in grid if not any(abs(x - s) < 1e-9 for s in seen)]
+            done = [*seen, *untrusted]
+            todo = [x for x in grid if not any(abs(x - s) < 1e-9 for s in done)]
             return [
                 Suggestion({axis: float(x)}, f"initial coarse grid of {initial} points", score=1.0)
                 for x in todo
@@ -200,6 +234,8 @@ class PhaseBoundary:
             differ = class_a != class_b
             uncertainty = (h_a + h_b) / 2
             if width <= resolution or (not differ and uncertainty < 0.2):
+                continue
+            if any(a < u < b for u in untrusted):  # measured there; flagged: not again
                 continue
             score = width / span * (float(differ) + uncertainty)
             why = (
@@ -224,8 +260,11 @@ class PhaseBoundary:
             for a, b in itertools.pairwise(xs)
             if seen[a][0] != seen[b][0]
         ]
-        plan.state["summary"] = {"boundaries": boundaries}
-        if len(seen) < int(plan.options.get("initial", 5)) or self._candidates(plan):
+        plan.state["summary"] = _with_ignored(plan, {"boundaries": boundaries})
+        untrusted = plan.state.get("untrusted_positions", [])
+        if len(seen) + len(untrusted) < int(plan.options.get("initial", 5)):
+            return None
+        if self._candidates(plan):
             return None
         where = ", ".join(
             f"{b['between'][0]}|{b['between'][1]} at {b['at']:.4f}" for b in boundaries
@@ -266,6 +305,8 @@ class PrecisionTarget:
         target = self._target(plan)
         seen = plan.state.setdefault("seen", {name: [] for name in target})
         for observation in observations:
+            if not trusted(plan, observation):
+                continue
             for name in target:
                 value = observation.values.get(name)
                 std = observation.values.get(f"{name}_std")
@@ -305,10 +346,13 @@ class PrecisionTarget:
     @hookimpl
     def smartlab_should_stop(self, plan: PlanContext) -> StopRequest | None:
         target, combined = self._target(plan), self._combined(plan)
-        plan.state["summary"] = {
-            name: {"value": mean, "std": std, "counts": counts}
-            for name, (mean, std, counts) in combined.items()
-        }
+        plan.state["summary"] = _with_ignored(
+            plan,
+            {
+                name: {"value": mean, "std": std, "counts": counts}
+                for name, (mean, std, counts) in combined.items()
+            },
+        )
         if set(combined) >= set(target) and all(combined[k][1] < target[k] for k in target):
             met = ", ".join(f"{k} = {combined[k][0]:.4f} ± {combined[k][1]:.4f}" for k in target)
             counts = max(c for _, _, c in combined.values())

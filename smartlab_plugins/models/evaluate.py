@@ -14,9 +14,19 @@ SEED_OFFSET = 1000
 
 
 def evaluate(
-    name: str, n: int = 1000, seed: int | None = None, directory: Path | None = None
+    name: str,
+    n: int = 1000,
+    seed: int | None = None,
+    directory: Path | None = None,
+    shift: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of model ``name`` on ``n`` new samples from a seed its training never used."""
+    """Metrics of model ``name`` on ``n`` new samples from a seed its training never used.
+
+    With ``shift`` (a name from :data:`~smartlab_plugins.models.shifts.SHIFTS`),
+    on a shifted instrument instead, beside an in-distribution set: the
+    metrics, the OOD AUROC and the honesty of the uncertainties
+    (:func:`~smartlab_plugins.models.shifts.evaluate_shift`).
+    """
     model = load_model(name, directory, device="cpu")
     training_seed = model.card.data["generator_seed"]
     if seed is None:
@@ -25,6 +35,11 @@ def evaluate(
         raise ConfigurationError(
             f"seed {seed} generated {name}'s training data; evaluate with another seed"
         )
+    if shift is not None:
+        from smartlab_plugins.models.shifts import evaluate_shift
+
+        report = evaluate_shift(name, shift, n, seed, model)
+        return {"model": name, "sha256": model.card.sha256, "seed": seed, **report}
     task = task_named(name)
     if hasattr(task, "evaluate_model"):  # scored on whole frames, as its card reports
         metrics = task.evaluate_model(model, n, seed)

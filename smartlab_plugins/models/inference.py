@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from smartlab_plugins.hookspecs import DataSpec, EventBatch, PluginInfo, RunContext
-from smartlab_plugins.models import runtime
+from smartlab_plugins.models import ood, runtime
 from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
+
+#: The units of the out-of-distribution results every model plugin publishes (:func:`ood_flags`).
+OOD_UNITS = {"ood_score": "", "in_distribution": ""}
 
 
 def log_once(
@@ -41,6 +44,54 @@ def log_once(
     if key not in notes:
         notes.add(key)
         logger.log(level, "run %s plugin %s: " + message, run.uid[:8], plugin, *args)
+
+
+def ood_flags(
+    run: RunContext,
+    plugin: str,
+    model: LoadedModel,
+    x: np.ndarray,
+    logger: logging.Logger,
+    seq_num: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """``ood_score`` and ``in_distribution`` per event for preprocessed inputs ``x``.
+
+    See :mod:`smartlab_plugins.models.ood`. The first event of a run flagged out
+    of distribution is logged as a warning (once per run); a model whose card
+    has no calibration publishes neither, and says so once per run.
+    """
+    if model.ood is None:
+        log_once(
+            logger,
+            run,
+            plugin,
+            "no_ood",
+            logging.WARNING,
+            "model %s %s has no out-of-distribution calibration: ood_score and "
+            "in_distribution are not published (run `smartlab calibrate-ood %s`)",
+            model.card.name,
+            model.card.version,
+            model.card.name,
+        )
+        return {}
+    flags = model.ood.flags(ood.features(model.net, x))
+    flagged = np.flatnonzero(flags["in_distribution"] == 0)
+    if flagged.size:
+        first = flagged[0]
+        log_once(
+            logger,
+            run,
+            plugin,
+            "out_of_distribution",
+            logging.WARNING,
+            "event %d looks unlike the model's training data (ood_score %.3g > %.3g): its "
+            "results, and those of later events flagged in_distribution=0, may be wrong "
+            "whatever their stated uncertainty",
+            int(seq_num[first]),
+            float(flags["ood_score"][first]),
+            model.ood.threshold,
+        )
+    return flags
 
 
 def describe_model_plugin(

@@ -341,6 +341,21 @@ def segment(
     return result
 
 
+def ood_input(frames: np.ndarray, pixel_size_um: float = TRAINING_PIXEL_SIZE_UM) -> np.ndarray:
+    """What the out-of-distribution score reads of frames (n, rows, columns): network input.
+
+    The frames at the training pixel size (:func:`to_training_grid`), cut to
+    their central :data:`CROP_SIZE` pixels a side (or the largest multiple of 4
+    that fits), as the training crops were, and preprocessed (:func:`preprocess`).
+    """
+    frames = np.asarray(frames)
+    if not np.isclose(pixel_size_um, TRAINING_PIXEL_SIZE_UM, rtol=1e-3, atol=0.0):
+        frames = to_training_grid(frames, pixel_size_um)
+    sides = [min(CROP_SIZE, length - length % 4) for length in frames.shape[1:]]
+    top, left = ((length - side) // 2 for length, side in zip(frames.shape[1:], sides, strict=True))
+    return preprocess(frames[:, top : top + sides[0], left : left + sides[1]])
+
+
 def _segment_on_training_grid(
     net: nn.Module,
     frames: np.ndarray,

@@ -22,6 +22,7 @@ from smartlab_plugins.hookspecs import ModelInfo
 from smartlab_plugins.models import runtime
 from smartlab_plugins.models.cards import ModelCard, ModelIntegrityError
 from smartlab_plugins.models.nets import build
+from smartlab_plugins.models.ood import OODModel, load_for
 
 __all__ = [
     "LoadedModel",
@@ -70,6 +71,9 @@ class LoadedModel:
     card: ModelCard
     net: nn.Module
     device: torch.device
+    #: the calibrated out-of-distribution statistics (:mod:`~smartlab_plugins.models.ood`),
+    #: None for a card that has none
+    ood: OODModel | None = None
 
     def run(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw outputs for preprocessed inputs ``x``, as a float32 CPU tensor.
@@ -82,12 +86,16 @@ class LoadedModel:
 
 
 def load_model(
-    name: str, directory: Path | None = None, device: str | torch.device | None = None
+    name: str,
+    directory: Path | None = None,
+    device: str | torch.device | None = None,
+    with_ood: bool = True,
 ) -> LoadedModel:
     """Load model ``name``, refusing weights whose hash does not match the card.
 
     ``device`` as :func:`~smartlab_plugins.models.runtime.pick_device` takes it
-    (None: a GPU if one is visible, else the CPU).
+    (None: a GPU if one is visible, else the CPU). ``with_ood=False`` leaves
+    out the out-of-distribution statistics (to calibrate them anew).
     """
     directory = Path(directory or model_dir(name))
     card = card_of(name, directory)
@@ -97,17 +105,20 @@ def load_model(
             f"{name}: no model card {name}.json in {directory}; "
             f"train one with `smartlab train {name}{out}`"
         )
-    return _load(card, directory, device)
+    return _load(card, directory, device, with_ood)
 
 
-def _load(card: ModelCard, directory: Path, device: str | torch.device | None) -> LoadedModel:
+def _load(
+    card: ModelCard, directory: Path, device: str | torch.device | None, with_ood: bool = True
+) -> LoadedModel:
     path = card.verify(directory)
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = build(card.architecture)
     net.load_state_dict(state)
     target = runtime.pick_device(device)
     net.to(target).eval()
-    return LoadedModel(card, net, target)
+    ood = load_for(card.extras, directory) if with_ood else None
+    return LoadedModel(card, net, target, ood)
 
 
 @functools.lru_cache(maxsize=8)

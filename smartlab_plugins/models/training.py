@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from smartlab_plugins.devices.dataset import SimulatedSet
-from smartlab_plugins.models import runtime
+from smartlab_plugins.models import ood, runtime
 from smartlab_plugins.models.cards import ModelCard, sha256_of
 
 
@@ -324,6 +324,7 @@ def _train_model(
         sha256=sha256_of(weights),
         extras={**extras, "history": asdict(history)},
     )
+    ood.attach(card, out, net, val.x, config.seed, f"the validation split ({len(val)})")
     card.save(out / f"{task.name}.json")
     plot_curves(history, out / f"{task.name}_curves.png", task.name)
     return card

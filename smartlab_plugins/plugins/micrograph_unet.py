@@ -5,7 +5,10 @@ records them) and publishes, per event, the array ``mask`` (uint8 phase ids,
 dims ``row``, ``column``: 0 ferrite, 1 spheroidite, 2 grain-boundary carbide,
 3 pearlite) and the scalars ``fraction_ferrite``, ``fraction_spheroidite``,
 ``fraction_gb_carbide`` and ``fraction_pearlite`` (area fractions of the
-frame). The run's summary holds the mean fractions over its frames. The
+frame), and ``ood_score`` and ``in_distribution`` (0: the frame, at the
+training pixel size, looks unlike the training data; see
+:mod:`smartlab_plugins.models.ood`). The run's summary holds the mean
+fractions over its frames. The
 model, its training and its held-out accuracy are in its model card
 (``smartlab_plugins/models/weights/micrograph_unet.json``).
 
@@ -45,7 +48,7 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import segmentation
-from smartlab_plugins.models.inference import ModelPlugin, log_once
+from smartlab_plugins.models.inference import OOD_UNITS, ModelPlugin, log_once, ood_flags
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -65,7 +68,9 @@ def smartlab_describe() -> PluginInfo:
     """Reads ``camera_image`` frames; the model is the shipped ``micrograph_unet`` weights."""
     fractions = {f"fraction_{name}": "" for name in segmentation.phase_names()}
     # phase ids, area fractions and 1 - probability are all dimensionless
-    return PLUGIN.describe({"mask": "", **fractions, "uncertainty": "", "uncertainty_mean": ""})
+    return PLUGIN.describe(
+        {"mask": "", **fractions, **OOD_UNITS, "uncertainty": "", "uncertainty_mean": ""}
+    )
 
 
 @hookimpl
@@ -93,8 +98,12 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     names = segmentation.phase_names()
     run.state["fraction_sums"] = run.state.get("fraction_sums", 0.0) + result.fractions.sum(axis=0)
     run.state["frames"] = run.state.get("frames", 0) + len(frames)
+    x = segmentation.ood_input(frames, pixel_size)
     results = Results(
-        scalars={f"fraction_{name}": result.fractions[:, k] for k, name in enumerate(names)},
+        scalars={
+            **{f"fraction_{name}": result.fractions[:, k] for k, name in enumerate(names)},
+            **ood_flags(run, NAME, model, x, logger, batch.seq_num),
+        },
         arrays={"mask": result.mask},
         dims={"mask": DIMS},
     )

@@ -4,7 +4,9 @@ Reads the ``mpb_image`` field (area-detector frames of a PZT-like perovskite
 across its morphotropic phase boundary and Curie line) and publishes, per
 event, ``phase`` (the class index), ``phase_name``, ``confidence`` and one
 probability per class (``p_rhombohedral``, ``p_monoclinic``, ``p_tetragonal``,
-``p_cubic``, ``p_mixture``), temperature-scaled as the model card records.
+``p_cubic``, ``p_mixture``), temperature-scaled as the model card records,
+and ``ood_score`` and ``in_distribution`` (0: the frame looks unlike the
+training data; see :mod:`smartlab_plugins.models.ood`).
 Accuracy against the distance to the phase boundaries and the calibration
 error are in the card (``smartlab_plugins/models/weights/phase_cnn.json``).
 
@@ -34,7 +36,13 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import phase
-from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency, log_once
+from smartlab_plugins.models.inference import (
+    OOD_UNITS,
+    ModelPlugin,
+    gradient_saliency,
+    log_once,
+    ood_flags,
+)
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -54,7 +62,9 @@ def smartlab_describe() -> PluginInfo:
     """Reads ``mpb_image`` frames; the model is the shipped ``phase_cnn`` weights."""
     probabilities = {f"p_{name}": "" for name in phase.class_names()}
     # the class index and the probabilities are dimensionless; saliency is relative
-    return PLUGIN.describe({"phase": "", "confidence": "", **probabilities, "saliency": "a.u."})
+    return PLUGIN.describe(
+        {"phase": "", "confidence": "", **probabilities, **OOD_UNITS, "saliency": "a.u."}
+    )
 
 
 @hookimpl
@@ -109,6 +119,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
             "phase_name": np.array(task.outputs, dtype=object)[winner],
             "confidence": probabilities.max(axis=1),
             **{f"p_{name}": probabilities[:, i] for i, name in enumerate(task.outputs)},
+            **ood_flags(run, NAME, model, x, logger, batch.seq_num),
         }
     )
     if run.options.get("saliency"):

@@ -2,7 +2,10 @@
 
 Reads the ``ins_sqw`` field (S(|Q|, E) counts maps, as the simulated chopper
 spectrometer records them) and publishes, per event, ``j1``, ``j2``, ``d`` and
-their standard deviations ``j1_std``, ``j2_std``, ``d_std`` in meV.
+their standard deviations ``j1_std``, ``j2_std``, ``d_std`` in meV, and
+``ood_score`` and ``in_distribution`` (0: the map looks unlike the training
+data, so the estimates and their uncertainties may be wrong; see
+:mod:`smartlab_plugins.models.ood`).
 The model, its training and its test-set accuracy are in its model card
 (``smartlab_plugins/models/weights/spinwave_cnn.json``).
 
@@ -42,7 +45,13 @@ import numpy as np
 
 from smartlab_plugins.hookspecs import EventBatch, PluginInfo, Results, RunContext, hookimpl
 from smartlab_plugins.models import spinwave
-from smartlab_plugins.models.inference import ModelPlugin, gradient_saliency, log_once
+from smartlab_plugins.models.inference import (
+    OOD_UNITS,
+    ModelPlugin,
+    gradient_saliency,
+    log_once,
+    ood_flags,
+)
 
 logger = logging.getLogger(__name__)
 PLUGIN = ModelPlugin(
@@ -60,6 +69,7 @@ FIELD = PLUGIN.field
 UNITS = {
     **{name: "meV" for p in spinwave.PARAMETERS for name in (p, f"{p}_std")},
     "outside_training": "",
+    **OOD_UNITS,
     "saliency": "a.u.",
 }
 
@@ -180,6 +190,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
             **{p: mean[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
             **{f"{p}_std": std[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
             "outside_training": flagged.astype(np.int8),
+            **ood_flags(run, NAME, done.model, done.x, logger, batch.seq_num),
         }
     )
     if run.options.get("saliency"):

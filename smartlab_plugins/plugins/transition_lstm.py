@@ -21,7 +21,11 @@ Published per event:
     the analysis' ``units`` metadata says which);
 ``note``
     empty, or why this event is special (events missing before it, no temperature,
-    a blank pattern).
+    a blank pattern);
+``ood_score``, ``in_distribution``
+    how unlike the training frames this frame looks, and 0 if too unlike to trust
+    ``p_transition`` (``inf`` and 0 for a blank pattern; see
+    :mod:`smartlab_plugins.models.ood`).
 
 The run's summary says where the flag was raised and the onset temperature,
 or ``"no transition seen"``.
@@ -65,7 +69,7 @@ from smartlab_plugins.hookspecs import (
     hookimpl,
 )
 from smartlab_plugins.models import runtime, transition
-from smartlab_plugins.models.inference import model_input
+from smartlab_plugins.models.inference import OOD_UNITS, model_input, ood_flags
 from smartlab_plugins.models.store import LoadedModel, model_info, shared_model
 
 logger = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ UNITS = {
     "flag": "",
     "onset_temperature": "{operando_temperature}",
     "onset_temperature_std": "{operando_temperature}",
+    **OOD_UNITS,
 }
 NO_TRANSITION = "no transition seen"
 
@@ -248,12 +253,18 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
     ]
     if tracker.flagged is not None and tracker.flagged.seq_num in batch.seq_num:
         logger.info("run %s plugin %s: %s", run.uid[:8], NAME, tracker.flagged.describe())
-    return Results(
-        scalars={
-            name: np.array([row[name] for row in rows], dtype=object if name == "note" else None)
-            for name in rows[0]
-        }
+    scalars = {
+        name: np.array([row[name] for row in rows], dtype=object if name == "note" else None)
+        for name in rows[0]
+    }
+    flags = ood_flags(
+        run, NAME, tracker.model, transition.preprocess(patterns), logger, batch.seq_num
     )
+    if flags:  # a blank frame is no pattern: as unlike the training data as an input can be
+        blank = np.array([transition.is_blank(pattern) for pattern in patterns])
+        flags["ood_score"][blank] = np.inf
+        flags["in_distribution"][blank] = 0
+    return Results(scalars={**scalars, **flags})
 
 
 @hookimpl

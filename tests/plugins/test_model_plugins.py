@@ -61,6 +61,10 @@ def test_phase_cnn_tells_the_phases_apart_across_a_composition_scan(RE, make_sma
     probabilities = table[columns].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert (table["confidence"] > 0.9).all()
+    # frames of the instrument it was trained on: like its training data (5 % flagged by design)
+    assert analysis.metadata["units"]["ood_score"] == ""
+    assert set(table["in_distribution"]) <= {0, 1} and table["in_distribution"].sum() >= 5
+    assert (table["ood_score"] > 0).all()
 
 
 def test_saliency_maps_are_published_beside_the_results(RE, make_smartlab, client):

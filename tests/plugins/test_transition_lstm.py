@@ -187,6 +187,12 @@ def test_a_blank_ramp_is_not_analysed_and_never_flags(smartlab, client):
     assert table["p_transition"].iloc[:4].isna().all() and table["flag"].sum() == 0
     assert all("blank pattern" in note for note in table["note"].iloc[:4])
     assert (table["p_transition"].iloc[4:] < 0.5).all()
+    # no pattern is as unlike the training data as an input can be
+    assert np.isinf(table["ood_score"].iloc[:4]).all()
+    assert list(table["in_distribution"].iloc[:4]) == [0, 0, 0, 0]
+    assert (
+        np.isfinite(table["ood_score"].iloc[4:]).all() and (table["ood_score"].iloc[4:] < 10).all()
+    )
     assert read_errors(analysis).empty
     summary = analysis.metadata["summary"]
     assert summary["blank_frames"] == 4 and summary["frames"] == 2

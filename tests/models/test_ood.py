@@ -1,0 +1,133 @@
+"""Out-of-distribution flags: garbage and shifted instruments are told from the training domain.
+
+The shipped models' statistics are scored on sets simulated here from seeds
+neither their training, their calibration nor ``smartlab evaluate`` used; the
+thresholds are the issue's targets (AUROC >= 0.95; at most ~20 % of valid
+inputs flagged; 68 % intervals covering 60-80 %; confident-wrong answers at
+most 1 % of the events left unflagged). Shifts that miss a target are in
+docs/models/ood.md, with the figures, not here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smartlab_plugins.models import ood
+from smartlab_plugins.models.shifts import SHIFTS, evaluate_shift
+from smartlab_plugins.models.store import ModelIntegrityError, load_model, shipped_dir
+
+SEED = 4242  # new to every model: training 0, evaluate 1000, calibration 3000
+
+#: (model, shift, n): shifts whose sets are told apart at AUROC >= 0.95.
+TOLD_APART = [
+    *(("spinwave_cnn", shift, 150) for shift in SHIFTS["spinwave_cnn"]),
+    *(
+        ("phase_cnn", shift, 150)
+        for shift in ("detector_distance", "counting_time", "background", "noise")
+    ),
+    *(
+        ("transition_lstm", shift, 60)
+        for shift in ("background", "zeros", "constant", "negated", "noise")
+    ),
+    ("micrograph_unet", "noise", 40),
+]
+#: (model, shift): garbage refused with a per-event error before the network sees it.
+REFUSED = [
+    ("phase_cnn", "zeros"),
+    ("phase_cnn", "constant"),
+    ("micrograph_unet", "zeros"),
+    ("micrograph_unet", "constant"),
+]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {}
+
+
+def model_named(models: dict, name: str):
+    if name not in models:
+        models[name] = load_model(name, device="cpu")
+    return models[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "shift", "n"), TOLD_APART, ids=[f"{m}-{s}" for m, s, _ in TOLD_APART]
+)
+def test_a_shifted_instrument_or_garbage_is_flagged(models, name: str, shift: str, n: int) -> None:
+    report = evaluate_shift(name, shift, n, SEED, model_named(models, name))
+
+    assert report["ood"]["auroc"] >= 0.95, report["ood"]
+    assert report["ood"]["flagged_shifted_set"] >= 0.8, report["ood"]
+    assert report["ood"]["flagged_in_distribution_set"] <= 0.2, report["ood"]
+    if "confident_wrong" in report["honesty"]["shifted_set"]:
+        left = report["honesty"]["shifted_set"]["confident_wrong"]["in_distribution"]
+        assert left is None or left <= 0.01, report["honesty"]
+
+
+@pytest.mark.parametrize(("name", "shift"), REFUSED, ids=[f"{m}-{s}" for m, s in REFUSED])
+def test_garbage_without_contrast_is_refused_with_a_reason(models, name: str, shift: str) -> None:
+    report = evaluate_shift(name, shift, 8, SEED, model_named(models, name))
+
+    assert "refused" in report, report
+    assert "contrast" in report["refused"] or "nothing to classify" in report["refused"]
+
+
+def test_spinwave_intervals_cover_60_to_80_percent_in_distribution_and_shifts_are_flagged(
+    models,
+) -> None:
+    report = evaluate_shift(
+        "spinwave_cnn", "resolution", 400, SEED, model_named(models, "spinwave_cnn")
+    )
+
+    for constant in ("j1", "j2", "d"):
+        inside = report["honesty"]["in_distribution_set"][f"in_68_interval_{constant}"]
+        assert 0.6 <= inside["in_distribution"] <= 0.8, (constant, inside)
+        shifted = report["honesty"]["shifted_set"][f"in_68_interval_{constant}"]
+        assert shifted["all"] < 0.5  # the intervals are not honest on this shift ...
+    assert report["ood"]["flagged_shifted_set"] == 1.0  # ... and every one of its maps is flagged
+
+
+def test_a_nan_input_scores_infinite_and_is_flagged(models) -> None:
+    model = model_named(models, "spinwave_cnn")
+    x = np.full((2, 1, 48, 80), np.nan, dtype=np.float32)
+
+    flags = model.ood.flags(ood.features(model.net, x))
+
+    assert np.isinf(flags["ood_score"]).all() and (flags["in_distribution"] == 0).all()
+
+
+def copy_of_shipped(tmp_path: Path, name: str) -> Path:
+    for suffix in (".pt", ".json", ".ood.npz"):
+        shutil.copy(shipped_dir() / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+    return tmp_path
+
+
+def test_statistics_that_do_not_match_the_card_are_refused(tmp_path: Path) -> None:
+    directory = copy_of_shipped(tmp_path, "phase_cnn")
+    stats = directory / "phase_cnn.ood.npz"
+    data = bytearray(stats.read_bytes())
+    data[-100] ^= 0xFF
+    stats.write_bytes(bytes(data))
+
+    with pytest.raises(ModelIntegrityError, match=r"phase_cnn\.ood\.npz: its SHA-256 is"):
+        load_model("phase_cnn", directory, device="cpu")
+
+
+def test_calibration_writes_statistics_the_card_checks(tmp_path: Path) -> None:
+    directory = copy_of_shipped(tmp_path, "transition_lstm")
+    before = load_model("transition_lstm", directory, device="cpu").ood
+
+    info = ood.calibrate_model("transition_lstm", directory, n=40, seed=SEED)
+
+    after = load_model("transition_lstm", directory, device="cpu").ood
+    assert info["n_fit"] + info["n_threshold"] == 40 * 64  # frames of 40 ramps
+    assert info["sha256"] == ood.sha256_of(directory / "transition_lstm.ood.npz")
+    assert list(after.groups) == list(before.groups) == ["input", *ood.TAPS["TransitionNet"]]
+    assert after.threshold != before.threshold
+    with pytest.raises(ValueError, match="generated transition_lstm's training data"):
+        ood.calibrate_model("transition_lstm", directory, n=40, seed=0)
