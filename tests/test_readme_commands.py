@@ -154,7 +154,12 @@ def check_evaluate(
         assert second.startswith(f"shift {args.shift}: ")
         auroc = re.search(r"^auroc\s+(\S+)$", result.stdout, flags=re.M)
         assert auroc and 0.5 <= float(auroc.group(1)) <= 1.0, result.stdout
-        assert re.search(r"^confident_wrong|^in_68_interval_j1", result.stdout, flags=re.M)
+        assert re.search(
+            r"^honesty\.shifted_set\.(confident_wrong|in_68_interval_j1)$",
+            result.stdout,
+            flags=re.M,
+        )
+        assert re.search(r"^unflagged ", result.stdout, flags=re.M), result.stdout
         return
     if args.json:
         report = json.loads(result.stdout)

@@ -733,6 +733,39 @@ def transfer_experiment() -> list[tuple[str, dict]]:
     ]
 
 
+def ood_section(name: str) -> str:
+    """The page's last section: the model's out-of-distribution flag against each shift (card)."""
+    entry = card_of(name).extras.get("ood", {})
+    evaluation = entry.get("evaluation")
+    if not evaluation:
+        return ""
+    shifts = evaluation["shifts"]
+    scored = {k: v for k, v in shifts.items() if "ood" in v}
+    told = [f"`{k}`" for k, v in scored.items() if v["ood"]["auroc"] >= 0.95]
+    missed = [
+        f"`{k}` ({v['ood']['auroc']:.2f})" for k, v in scored.items() if v["ood"]["auroc"] < 0.95
+    ]
+    refused = [f"`{k}`" for k, v in shifts.items() if "refused" in v]
+    flagged = next(iter(scored.values()))["ood"]["flagged_in_distribution_set"] if scored else None
+    lines = [
+        "",
+        "## When not to trust it",
+        "",
+        "Each event also gets `ood_score` and `in_distribution` (0: unlike the training data).",
+        f"On {evaluation['n']} new in-distribution inputs "
+        + (f"{100 * flagged:.1f} % were flagged. " if flagged is not None else "")
+        + "Told apart at OOD AUROC >= 0.95: "
+        + (", ".join(told) or "none")
+        + ". Not: "
+        + (", ".join(missed) or "none")
+        + "."
+        + (f" Refused before the network: {', '.join(refused)}." if refused else ""),
+        f"The table, with the honesty of the uncertainties on each shift: [ood.md](ood.md#{name}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 PAGES = ("spinwave_cnn", "phase_cnn", "transition_lstm", "micrograph_unet")
 
 
@@ -746,15 +779,21 @@ def main() -> None:
     MODELS.mkdir(parents=True, exist_ok=True)
     if "spinwave_cnn" in args.pages:
         transfer = None if args.skip_transfer else transfer_experiment()
-        (MODELS / "spinwave_cnn.md").write_text(spinwave_page(transfer))
+        (MODELS / "spinwave_cnn.md").write_text(
+            spinwave_page(transfer) + ood_section("spinwave_cnn")
+        )
     if "phase_cnn" in args.pages:
         accuracy_figure()
-        (MODELS / "phase_cnn.md").write_text(phase_page())
+        (MODELS / "phase_cnn.md").write_text(phase_page() + ood_section("phase_cnn"))
     if "transition_lstm" in args.pages:
-        (MODELS / "transition_lstm.md").write_text(transition_page())
+        (MODELS / "transition_lstm.md").write_text(
+            transition_page() + ood_section("transition_lstm")
+        )
     if "micrograph_unet" in args.pages:
         micrograph_figure()
-        (MODELS / "micrograph_unet.md").write_text(micrograph_page())
+        (MODELS / "micrograph_unet.md").write_text(
+            micrograph_page() + ood_section("micrograph_unet")
+        )
     print(f"wrote {', '.join(f'{page}.md' for page in args.pages)} in {MODELS}")
 
 

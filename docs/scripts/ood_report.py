@@ -83,14 +83,14 @@ def model_table(name: str, evaluation: dict) -> list[str]:
         rows.append(
             f"| `{shift}` | {cell(result['description'])} | {result['ood']['auroc']:.3f} | "
             f"{percent(result['ood']['flagged_shifted_set'])} | "
-            f"{honesty_cell(result['honesty']['shifted_set'], 'in_distribution')} |"
+            f"{honesty_cell(result['honesty']['shifted_set'], 'unflagged')} |"
         )
     if reference is not None:
         rows.insert(
             2,
             f"| (in distribution) | the training generator, new seed | - | "
             f"{percent(reference['ood']['flagged_in_distribution_set'])} | "
-            f"{honesty_cell(reference['honesty']['in_distribution_set'], 'in_distribution')} |",
+            f"{honesty_cell(reference['honesty']['in_distribution_set'], 'unflagged')} |",
         )
     return rows
 

@@ -3,7 +3,12 @@
 The convolutional feature extractor is frozen (its batch-norm statistics
 still adapt to the new data, as in AdaBN); only the dense head is retrained,
 so 10-100 examples are enough. The result is a new model folder with its own
-card, which records the base model's hash and the data it was tuned on.
+card, which records the base model's hash and the data it was tuned on, what
+the tuning did to the original domain (both models scored on
+:data:`ORIGINAL_DOMAIN_N` fresh samples of the base model's training generator,
+``metrics["original_domain"]``), and an out-of-distribution calibration on the
+examples themselves (:mod:`~smartlab_plugins.models.ood`; the new instrument is
+now the model's domain), when there are at least ``ood.MIN_SAMPLES`` of them.
 
 The data are checked before anything is trained, and a :class:`DataSetError`
 says in the user's words what is wrong and how to make suitable data: a
@@ -19,9 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from smartlab_plugins.devices.dataset import SimulatedSet
+from smartlab_plugins.models import ood
 from smartlab_plugins.models.cards import ModelCard, sha256_of
 from smartlab_plugins.models.registry import task as task_named
 from smartlab_plugins.models.store import load_model
@@ -42,6 +49,10 @@ FINETUNE_CONFIG = TrainingConfig(
     max_minutes=2.0,
     fractions=(0.8, 0.2, 0.0),
 )
+
+
+ORIGINAL_DOMAIN_N = 300  # fresh samples of the base model's own domain, scored before and after
+ORIGINAL_DOMAIN_SEED_OFFSET = 4000  # from the base training seed: no other stream uses it
 
 
 class DataSetError(ValueError):
@@ -137,6 +148,10 @@ def finetune(
             "out for validation; 10 to 100 are typical"
         )
     net = base.net
+    original = task.make_data(
+        ORIGINAL_DOMAIN_N, base.card.data["generator_seed"] + ORIGINAL_DOMAIN_SEED_OFFSET
+    )
+    before = task.evaluate(predict(net, original.x), original, base.card.extras)
     for parameter in net.features.parameters():
         parameter.requires_grad_(False)
     config = TrainingConfig(**{**asdict(FINETUNE_CONFIG), "seed": seed})
@@ -173,12 +188,21 @@ def finetune(
                 "sizes": {"train": len(train), "validation": len(val)},
                 "generator_config": data.config,
             },
-            "metrics": task.evaluate(predict(net, val.x), val, extras) if len(val) else {},
+            "metrics": {
+                **(task.evaluate(predict(net, val.x), val, extras) if len(val) else {}),
+                "original_domain": {
+                    "n": ORIGINAL_DOMAIN_N,
+                    "before": before,
+                    "after": task.evaluate(predict(net, original.x), original, extras),
+                },
+            },
             "weights_file": weights.name,
             "sha256": sha256_of(weights),
             "extras": {**extras, "finetuned_at": time.time()},
         }
     )
+    examples = np.concatenate([train.x, val.x])
+    ood.attach(card, out, net, examples, seed, f"the {len(examples)} fine-tuning examples")
     card.save(out / f"{name}.json")
     return card
 

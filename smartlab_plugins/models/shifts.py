@@ -251,12 +251,12 @@ def honesty(name: str, output: torch.Tensor, split: Split, extras: dict[str, Any
 
 
 def _summary(checks: dict[str, np.ndarray], in_distribution: np.ndarray) -> dict[str, Any]:
-    """Each check's mean over all events and over those in distribution."""
+    """Each check's mean over all events and over those left unflagged (None: none left)."""
     kept = in_distribution.astype(bool)
     return {
         key: {
             "all": float(np.mean(values)),
-            "in_distribution": float(np.mean(values[kept])) if kept.any() else None,
+            "unflagged": float(np.mean(values[kept])) if kept.any() else None,
         }
         for key, values in checks.items()
     }

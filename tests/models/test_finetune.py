@@ -13,9 +13,10 @@ import pytest
 from smartlab_plugins.cases import simulate_case
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.devices.ins import SpinWaveConfig
+from smartlab_plugins.models import ood
 from smartlab_plugins.models.finetune import DataSetError, finetune, load_examples, score
 from smartlab_plugins.models.spinwave import SpinWaveTask
-from smartlab_plugins.models.store import card_of
+from smartlab_plugins.models.store import card_of, load_model
 
 SHIFTED = replace(SpinWaveConfig(), resolution_fraction=0.06, background_rate=0.1)
 
@@ -37,6 +38,16 @@ def test_fine_tuning_on_50_shifted_maps_beats_the_unadapted_model(tmp_path):
     unadapted = mean_relative_error(score("spinwave_cnn", None, test))
     tuned = mean_relative_error(score("spinwave_cnn", tmp_path, test))
     assert tuned < 0.8 * unadapted, (tuned, unadapted)
+    # the card says what the tuning did to the original instrument's maps
+    original = card.metrics["original_domain"]
+    assert original["n"] > 0
+    assert mean_relative_error(original["before"]) < 0.05  # the shipped model at home
+    assert mean_relative_error(original["after"]) > mean_relative_error(original["before"])
+    # the new instrument is the tuned model's domain: its flag is calibrated on the 50 maps
+    assert card.extras["ood"]["n_fit"] + card.extras["ood"]["n_threshold"] == 50
+    tuned_model = load_model("spinwave_cnn", tmp_path, device="cpu")
+    flags = tuned_model.ood.flags(ood.features(tuned_model.net, test.x))
+    assert flags["in_distribution"].mean() > 0.5
 
 
 def test_the_command_line_writes_a_shifted_set_and_tunes_on_it(tmp_path):

@@ -65,7 +65,7 @@ def test_a_shifted_instrument_or_garbage_is_flagged(models, name: str, shift: st
     assert report["ood"]["flagged_shifted_set"] >= 0.8, report["ood"]
     assert report["ood"]["flagged_in_distribution_set"] <= 0.2, report["ood"]
     if "confident_wrong" in report["honesty"]["shifted_set"]:
-        left = report["honesty"]["shifted_set"]["confident_wrong"]["in_distribution"]
+        left = report["honesty"]["shifted_set"]["confident_wrong"]["unflagged"]
         assert left is None or left <= 0.01, report["honesty"]
 
 
@@ -86,7 +86,7 @@ def test_spinwave_intervals_cover_60_to_80_percent_in_distribution_and_shifts_ar
 
     for constant in ("j1", "j2", "d"):
         inside = report["honesty"]["in_distribution_set"][f"in_68_interval_{constant}"]
-        assert 0.6 <= inside["in_distribution"] <= 0.8, (constant, inside)
+        assert 0.6 <= inside["unflagged"] <= 0.8, (constant, inside)
         shifted = report["honesty"]["shifted_set"][f"in_68_interval_{constant}"]
         assert shifted["all"] < 0.5  # the intervals are not honest on this shift ...
     assert report["ood"]["flagged_shifted_set"] == 1.0  # ... and every one of its maps is flagged
