@@ -496,8 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser(
         "finetune",
         help="adapt a shipped model to a few labelled examples of a shifted instrument",
-        description="Freeze the model's convolutional layers and retrain its head on DATA (an "
-        "HDF5 set from `smartlab simulate`, or measured examples in the same layout).",
+        description="Adapt the shipped model to DATA (an HDF5 set from `smartlab simulate`, "
+        "or measured examples in the same layout): retrain its dense head alone, and every "
+        "layer at a small learning rate, and keep the better on held-out examples; the card "
+        "reports both, and the new and the original domain.",
     )
     finetune.add_argument("model", choices=["spinwave_cnn", "phase_cnn"])
     finetune.add_argument("data", type=Path, metavar="DATA")

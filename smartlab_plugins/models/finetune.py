@@ -1,8 +1,15 @@
 """``smartlab finetune``: adapt a shipped model to a few labelled examples of a shifted instrument.
 
-The convolutional feature extractor is frozen (its batch-norm statistics
-still adapt to the new data, as in AdaBN); only the dense head is retrained,
-so 10-100 examples are enough. The result is a new model folder with its own
+Three ways of adapting are weighed (:data:`STRATEGIES`): keeping the shipped
+weights (only the calibration is refitted), retraining the dense head only
+(convolutions frozen, their batch-norm statistics adapting, as in AdaBN), and
+retraining every layer at a tenth of the learning rate. Each is scored by
+:data:`FOLDS`-fold cross-validation on the examples (a held-out fold picks
+the epoch and scores it), the best mean score wins, and the winner is then
+trained on four fifths of the examples and calibrated on the rest. The card
+says which won and every mean score: none wins everywhere, and on a shift the
+model already copes with, keeping it is best (docs/models/ood.md, "Transfer").
+10-100 examples are enough. The result is a new model folder with its own
 card, which records the base model's hash and the data it was tuned on, what
 the tuning did to the original domain (both models scored on
 :data:`ORIGINAL_DOMAIN_N` fresh samples of the base model's training generator,
@@ -26,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from smartlab_plugins.devices.dataset import SimulatedSet
 from smartlab_plugins.models import ood
@@ -33,6 +41,7 @@ from smartlab_plugins.models.cards import ModelCard, sha256_of
 from smartlab_plugins.models.registry import task as task_named
 from smartlab_plugins.models.store import load_model
 from smartlab_plugins.models.training import (
+    History,
     Split,
     Task,
     TrainingConfig,
@@ -53,6 +62,15 @@ FINETUNE_CONFIG = TrainingConfig(
 
 ORIGINAL_DOMAIN_N = 300  # fresh samples of the base model's own domain, scored before and after
 ORIGINAL_DOMAIN_SEED_OFFSET = 4000  # from the base training seed: no other stream uses it
+
+
+#: The ways of adapting that :func:`finetune` weighs: what is retrained, and the learning rate.
+STRATEGIES: dict[str, tuple[str, float]] = {
+    "none": ("nothing: the shipped weights, calibration refitted", 0.0),
+    "head": ("the dense head; convolutions frozen, batch-norm statistics adapt", 1e-3),
+    "all": ("every layer, from the base weights", 3e-4),
+}
+FOLDS = 5  # cross-validation folds that choose among STRATEGIES
 
 
 class DataSetError(ValueError):
@@ -141,29 +159,23 @@ def finetune(
     _check_case(name, data, source)
     task = task_named(name)
     base = load_model(name, base_dir, device="cpu")
-    train, val, _ = split_by_seed(_examples(task, data, source), FINETUNE_CONFIG.fractions, seed)
+    examples = _examples(task, data, source)
+    train, val, _ = split_by_seed(examples, FINETUNE_CONFIG.fractions, seed)
     if not len(train) or not len(val):
         raise DataSetError(
             f"{source} holds {len(data)} example(s): too few to train on some and hold others "
             "out for validation; 10 to 100 are typical"
         )
-    net = base.net
     original = task.make_data(
         ORIGINAL_DOMAIN_N, base.card.data["generator_seed"] + ORIGINAL_DOMAIN_SEED_OFFSET
     )
-    before = task.evaluate(predict(net, original.x), original, base.card.extras)
-    for parameter in net.features.parameters():
-        parameter.requires_grad_(False)
-    config = TrainingConfig(**{**asdict(FINETUNE_CONFIG), "seed": seed})
-    history = fit(
-        task,
-        net,
-        train,
-        val,
-        config,
-        progress=progress,
-        trainable=lambda n: list(n.head.parameters()),
-    )
+    before = task.evaluate(predict(base.net, original.x), original, base.card.extras)
+    scores = {
+        strategy: _cross_validated(task, name, base_dir, strategy, examples, seed)
+        for strategy in STRATEGIES
+    }
+    kept = min(scores, key=scores.__getitem__)
+    net, history, config = _adapt(task, name, base_dir, kept, train, val, seed, progress)
     extras = task.calibrate(net, val)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.pt"
@@ -175,7 +187,15 @@ def finetune(
             "training": {
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
                 "finetuned_from": {"name": name, "sha256": base.card.sha256},
-                "frozen": "features (convolutions); batch-norm statistics adapt",
+                "adapted": f"{kept}: {STRATEGIES[kept][0]}",
+                "strategies": {
+                    strategy: {
+                        "retrains": STRATEGIES[strategy][0],
+                        "learning_rate": STRATEGIES[strategy][1],
+                        f"mean_{FOLDS}_fold_validation_score": score,
+                    }
+                    for strategy, score in scores.items()
+                },
                 "epochs_run": len(history.val_loss),
                 "best_epoch": history.best_epoch,
                 "seconds": round(history.seconds, 1),
@@ -201,10 +221,56 @@ def finetune(
             "extras": {**extras, "finetuned_at": time.time()},
         }
     )
-    examples = np.concatenate([train.x, val.x])
-    ood.attach(card, out, net, examples, seed, f"the {len(examples)} fine-tuning examples")
+    ood.attach(card, out, net, examples.x, seed, f"the {len(examples)} fine-tuning examples")
     card.save(out / f"{name}.json")
     return card
+
+
+def _adapt(
+    task: Task,
+    name: str,
+    base_dir: Path | None,
+    strategy: str,
+    train: Split,
+    val: Split,
+    seed: int,
+    progress: bool,
+) -> tuple[nn.Module, History, TrainingConfig]:
+    """A fresh copy of the base model adapted by ``strategy`` (:data:`STRATEGIES`)."""
+    net = load_model(name, base_dir, device="cpu").net
+    config = TrainingConfig(
+        **{**asdict(FINETUNE_CONFIG), "seed": seed, "learning_rate": STRATEGIES[strategy][1]}
+    )
+    if strategy == "none":
+        output = predict(net, val.x)
+        score = float(task.selection_score(output, torch.as_tensor(val.y)))
+        return net, History(val_score=[score], val_loss=[score], best_epoch=0), config
+    trainable = None
+    if strategy == "head":
+        for parameter in net.features.parameters():
+            parameter.requires_grad_(False)
+        trainable = lambda n: list(n.head.parameters())  # noqa: E731
+    torch.manual_seed(seed)
+    history = fit(task, net, train, val, config, progress=progress, trainable=trainable)
+    return net, history, config
+
+
+def _cross_validated(
+    task: Task, name: str, base_dir: Path | None, strategy: str, examples: Split, seed: int
+) -> float:
+    """Mean over :data:`FOLDS` folds of the held-out fold's best validation score."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    folds = [fold for fold in np.array_split(order, min(FOLDS, len(examples))) if len(fold)]
+    scores = []
+    for fold in folds:
+        rest = np.setdiff1d(order, fold)
+        if not len(rest):
+            continue
+        _, history, _ = _adapt(
+            task, name, base_dir, strategy, examples.take(rest), examples.take(fold), seed, False
+        )
+        scores.append(min(history.val_score))
+    return float(np.mean(scores))
 
 
 def score(name: str, directory: Path | None, test: Split) -> dict[str, Any]:

@@ -199,8 +199,7 @@ class UNetFeatures(nn.Module):
 class MicrographUNet(nn.Module):
     """SEM frame (n, 1, H, W) to per-pixel phase logits (n, n_classes, H, W).
 
-    ``features`` is the U-Net, ``head`` a 1x1 convolution to the classes (the
-    split ``smartlab finetune`` relies on: it retrains the head only).
+    ``features`` is the U-Net, ``head`` a 1x1 convolution to the classes.
     """
 
     def __init__(self, n_classes: int = 4, width: int = 16, levels: int = 3) -> None:
