@@ -6,9 +6,16 @@ and publishes their answers side by side: ``rf_j1``, ``gb_j1``, ``svm_j1``, ...
 (meV) for spin waves, ``rf_phase_name``, ``gb_phase_name``, ``svm_phase_name``
 (and class indices) for the phase. The comparison with the CNNs on a common
 test split is in each card (``smartlab_plugins/models/weights/*_baselines.json``).
+
+``ood_score`` and ``in_distribution`` are those of the CNN beside them for the
+same input (:mod:`smartlab_plugins.models.ood`): the baselines were trained on
+the same simulated instrument, so an input unlike the CNN's training data is
+unlike theirs.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -21,14 +28,17 @@ from smartlab_plugins.hookspecs import (
     RunContext,
     hookimpl,
 )
+from smartlab_plugins.models import spinwave
 from smartlab_plugins.models.baselines import (
     BASELINES,
     MODEL_KINDS,
     BaselineSet,
     load_baselines,
 )
-from smartlab_plugins.models.inference import model_input
-from smartlab_plugins.models.store import model_dir
+from smartlab_plugins.models.inference import OOD_UNITS, model_input, ood_flags
+from smartlab_plugins.models.store import model_dir, shared_model
+
+logger = logging.getLogger(__name__)
 
 
 class BaselinesPlugin:
@@ -64,8 +74,8 @@ class BaselinesPlugin:
         """Every model's answers: the exchange constants in meV, class indices dimensionless."""
         if self.baselines.kind == "regression":
             names = self.baselines.task().outputs
-            return {f"{kind}_{p}": "meV" for kind in MODEL_KINDS for p in names}
-        return {f"{kind}_phase": "" for kind in MODEL_KINDS}
+            return {f"{kind}_{p}": "meV" for kind in MODEL_KINDS for p in names} | OOD_UNITS
+        return {f"{kind}_phase": "" for kind in MODEL_KINDS} | OOD_UNITS
 
     @hookimpl
     def smartlab_start_run(self, run: RunContext) -> None:
@@ -99,6 +109,9 @@ class BaselinesPlugin:
             else:
                 scalars[f"{kind}_phase"] = predicted
                 scalars[f"{kind}_phase_name"] = np.array(task.outputs, dtype=object)[predicted]
+        cnn = shared_model(self.baselines.cnn)
+        cnn_input = spinwave.preprocess(raw) if self.baselines.kind == "regression" else raw
+        scalars.update(ood_flags(run, self.baselines.name, cnn, cnn_input, logger, batch.seq_num))
         return Results(scalars=scalars)
 
 

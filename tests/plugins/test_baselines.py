@@ -6,6 +6,7 @@ import json
 import shutil
 
 import bluesky.plans as bp
+import numpy as np
 import pytest
 
 from smartlab_plugins.devices import ins, mpb
@@ -47,7 +48,11 @@ def test_spinwave_baselines_answer_beside_the_cnn(RE, make_smartlab, client):
     for kind in ("rf", "gb", "svm"):
         assert table[f"{kind}_j1"].to_numpy() == pytest.approx(0.7, rel=0.1), kind
         assert analysis.metadata["units"][f"{kind}_j1"] == "meV"
-    assert find_analyses(client, run_uid=uid, plugin="spinwave_cnn")
+    (cnn,) = find_analyses(client, run_uid=uid, plugin="spinwave_cnn")
+    # the flag is the CNN's for the same map: the baselines learned the same instrument
+    beside = read_events(cnn)
+    np.testing.assert_allclose(table["ood_score"], beside["ood_score"], rtol=1e-6)
+    assert list(table["in_distribution"]) == list(beside["in_distribution"])
 
 
 def test_phase_baselines_name_the_phases(RE, make_smartlab, client):
