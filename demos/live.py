@@ -211,7 +211,7 @@ def _instrument_scans(
                 "Inelastic neutron scattering, two samples (hidden truth J1, J2, D = "
                 "0.55, 0.09, 0.05 and 0.8, 0.15, 0.1 meV); spinwave_cnn live",
                 "spinwave_cnn",
-                ["j1", "j1_std", "j2", "j2_std", "d", "d_std"],
+                ["j1", "j1_std", "j2", "j2_std", "d", "d_std", "in_distribution"],
             ),
             spin_waves(),
         ),
@@ -220,7 +220,14 @@ def _instrument_scans(
                 "Diffraction across the morphotropic phase boundary (x_MPB = 0.475 at 300 K), "
                 "composition x from 0.3 to 0.7; phase_cnn live",
                 "phase_cnn",
-                ["sample_x", "true_phase", "phase_name", "confidence", "p_monoclinic"],
+                [
+                    "sample_x",
+                    "true_phase",
+                    "phase_name",
+                    "confidence",
+                    "p_monoclinic",
+                    "in_distribution",
+                ],
                 annotate=_with_true_phase,
                 frames="mpb_image",
             ),
@@ -235,7 +242,14 @@ def _instrument_scans(
                 f"Operando powder pattern on a heating ramp from {start} K at 4 K/min, "
                 "60 frames; transition_lstm live",
                 "transition_lstm",
-                ["temperature", "p_transition", "flag", "onset_temperature", "note"],
+                [
+                    "temperature",
+                    "p_transition",
+                    "flag",
+                    "onset_temperature",
+                    "in_distribution",
+                    "note",
+                ],
                 annotate=_with_frame_temperature,
                 rows=_around_the_flag,
                 watch=_flag_published,
@@ -249,7 +263,11 @@ def _instrument_scans(
             InstrumentScan(
                 "SEM raster of a steel specimen, 4 x 4 frames of 12.8 um; micrograph_unet live",
                 "micrograph_unet",
-                [*(f"fraction_{phase}" for phase in microscopy.PHASES), "mask_agrees"],
+                [
+                    *(f"fraction_{phase}" for phase in microscopy.PHASES),
+                    "mask_agrees",
+                    "in_distribution",
+                ],
                 annotate=_with_mask_agreement,
                 watch=_masks_published,
                 frames="camera_image",

@@ -163,6 +163,7 @@ def test_demo_against_a_running_server_publishes_results_another_process_finds(t
     assert "beam_profile_centroid" in result.stdout
     assert "phase_cnn live" in result.stdout and "rhombohedral" in result.stdout
     assert "spinwave_cnn live" in result.stdout and "j1_std" in result.stdout
+    assert result.stdout.count("in_distribution") >= 4  # beside each model's results
     assert "transition_lstm live" in result.stdout
     assert "summary: transition flagged at event" in result.stdout
     assert "micrograph_unet live" in result.stdout and "fraction_pearlite" in result.stdout
