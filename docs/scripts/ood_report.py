@@ -205,7 +205,7 @@ def write_page() -> None:
             "400 more (seed 502); beside it, the shipped model not adapted and the same network",
             "trained from scratch on the 50. spinwave_cnn: relative error of J1 / J2 / D (%);",
             "phase_cnn: accuracy away from the phase boundaries (%). *kept*: the way of adapting",
-            "that `smartlab finetune` chose by 5-fold cross-validation on the 50 (`none`: the",
+            "that `smartlab finetune` chose by 3-fold cross-validation on the 50 (`none`: the",
             "shipped weights, recalibrated; `head`: the dense head alone; `all`: every layer at a",
             "tenth of the learning rate). The last",
             "column is the model card's `original_domain`: the shipped instrument's own data,",

@@ -5,7 +5,8 @@ weights (only the calibration is refitted), retraining the dense head only
 (convolutions frozen, their batch-norm statistics adapting, as in AdaBN), and
 retraining every layer at a tenth of the learning rate. Each is scored by
 :data:`FOLDS`-fold cross-validation on the examples (a held-out fold picks
-the epoch and scores it), the best mean score wins, and the winner is then
+the epoch and scores it; these fits stop sooner, :data:`CV_LIMITS`), the best
+mean score wins, and the winner is then
 trained on four fifths of the examples and calibrated on the rest. The card
 says which won and every mean score: none wins everywhere, and on a shift the
 model already copes with, keeping it is best (docs/models/ood.md, "Transfer").
@@ -70,7 +71,9 @@ STRATEGIES: dict[str, tuple[str, float]] = {
     "head": ("the dense head; convolutions frozen, batch-norm statistics adapt", 1e-3),
     "all": ("every layer, from the base weights", 3e-4),
 }
-FOLDS = 5  # cross-validation folds that choose among STRATEGIES
+FOLDS = 3  # cross-validation folds that choose among STRATEGIES
+#: The cross-validation fits stop sooner than the final one: they only rank the ways.
+CV_LIMITS = {"max_epochs": 80, "patience": 15}
 
 
 class DataSetError(ValueError):
@@ -235,11 +238,20 @@ def _adapt(
     val: Split,
     seed: int,
     progress: bool,
+    limits: dict[str, int] | None = None,
 ) -> tuple[nn.Module, History, TrainingConfig]:
-    """A fresh copy of the base model adapted by ``strategy`` (:data:`STRATEGIES`)."""
+    """A fresh copy of the base model adapted by ``strategy`` (:data:`STRATEGIES`).
+
+    ``limits`` override :data:`FINETUNE_CONFIG`'s ``max_epochs`` and ``patience``.
+    """
     net = load_model(name, base_dir, device="cpu").net
     config = TrainingConfig(
-        **{**asdict(FINETUNE_CONFIG), "seed": seed, "learning_rate": STRATEGIES[strategy][1]}
+        **{
+            **asdict(FINETUNE_CONFIG),
+            "seed": seed,
+            "learning_rate": STRATEGIES[strategy][1],
+            **(limits or {}),
+        }
     )
     if strategy == "none":
         output = predict(net, val.x)
@@ -266,8 +278,9 @@ def _cross_validated(
         rest = np.setdiff1d(order, fold)
         if not len(rest):
             continue
+        train, held_out = examples.take(rest), examples.take(fold)
         _, history, _ = _adapt(
-            task, name, base_dir, strategy, examples.take(rest), examples.take(fold), seed, False
+            task, name, base_dir, strategy, train, held_out, seed, False, CV_LIMITS
         )
         scores.append(min(history.val_score))
     return float(np.mean(scores))
