@@ -27,6 +27,7 @@ model reads, or too few examples to validate on (:func:`finetune`).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -174,11 +175,11 @@ def finetune(
     )
     before = task.evaluate(predict(base.net, original.x), original, base.card.extras)
     scores = {
-        strategy: _cross_validated(task, name, base_dir, strategy, examples, seed)
+        strategy: _cross_validated(task, base.net, strategy, examples, seed)
         for strategy in STRATEGIES
     }
     kept = min(scores, key=scores.__getitem__)
-    net, history, config = _adapt(task, name, base_dir, kept, train, val, seed, progress)
+    net, history, config = _adapt(task, base.net, kept, train, val, seed, progress)
     extras = task.calibrate(net, val)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.pt"
@@ -231,8 +232,7 @@ def finetune(
 
 def _adapt(
     task: Task,
-    name: str,
-    base_dir: Path | None,
+    base_net: nn.Module,
     strategy: str,
     train: Split,
     val: Split,
@@ -240,11 +240,11 @@ def _adapt(
     progress: bool,
     limits: dict[str, int] | None = None,
 ) -> tuple[nn.Module, History, TrainingConfig]:
-    """A fresh copy of the base model adapted by ``strategy`` (:data:`STRATEGIES`).
+    """A copy of the base network adapted by ``strategy`` (:data:`STRATEGIES`).
 
     ``limits`` override :data:`FINETUNE_CONFIG`'s ``max_epochs`` and ``patience``.
     """
-    net = load_model(name, base_dir, device="cpu").net
+    net = copy.deepcopy(base_net)  # the base stays as loaded, for the next way
     config = TrainingConfig(
         **{
             **asdict(FINETUNE_CONFIG),
@@ -268,7 +268,7 @@ def _adapt(
 
 
 def _cross_validated(
-    task: Task, name: str, base_dir: Path | None, strategy: str, examples: Split, seed: int
+    task: Task, base_net: nn.Module, strategy: str, examples: Split, seed: int
 ) -> float:
     """Mean over :data:`FOLDS` folds of the held-out fold's best validation score."""
     order = np.random.default_rng(seed).permutation(len(examples))
@@ -279,9 +279,7 @@ def _cross_validated(
         if not len(rest):
             continue
         train, held_out = examples.take(rest), examples.take(fold)
-        _, history, _ = _adapt(
-            task, name, base_dir, strategy, train, held_out, seed, False, CV_LIMITS
-        )
+        _, history, _ = _adapt(task, base_net, strategy, train, held_out, seed, False, CV_LIMITS)
         scores.append(min(history.val_score))
     return float(np.mean(scores))
 
