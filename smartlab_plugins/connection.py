@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 START_HINT = (
     "Start one with `smartlab serve` (it prints the URI and the API key), then set "
@@ -54,3 +57,25 @@ def client_factory(tiled_uri: str, api_key: str | None) -> Callable[[], Any]:
         return from_uri(tiled_uri, api_key=api_key)
 
     return make_client
+
+
+#: Modules tiled's client imports the first time it meets a table or an array node, and
+#: ``distributed``, which dask imports on the first read (it looks for a cluster's client).
+NODE_CLIENT_MODULES = ("tiled.client.dataframe", "tiled.client.array", "distributed")
+
+
+def preload_node_clients() -> None:
+    """Import what tiled's client imports on meeting its first table or array (dask: ~1-2 s).
+
+    tiled imports these lazily, inside the first request that returns such a
+    node or the first read, so the first table a publisher makes, or the
+    first rows a follower reads, would otherwise come a second or two late.
+    A module that is not installed is left out (tiled then does without it).
+    """
+    import importlib
+
+    for module in NODE_CLIENT_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            logger.debug("not preloaded: %s (%s)", module, exc)

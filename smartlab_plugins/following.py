@@ -39,7 +39,12 @@ import pandas as pd
 from tiled.client.stream import TableSubscription
 from tiled.queries import Key
 
+from smartlab_plugins.connection import preload_node_clients
 from smartlab_plugins.layout import EVENTS_KEY, ROOT_KEY
+
+# tiled's client imports its table client (and dask) inside the first request that meets a
+# table, ~1-2 s: on import here, not while a follower finds its first rows.
+preload_node_clients()
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ CHECK_S = 0.2
 RESUBSCRIBE_S = 2.0
 #: While waiting for a child, seconds after subscribing at which to look for it again (then
 #: every last one): a child made as the server starts listening is not pushed.
-LOOK_AGAIN_S = (0.5, 1.0, 2.0, 5.0)
+LOOK_AGAIN_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 #: Seconds after each table (re)connection after which the table is read once more; until
 #: then, a pushed batch that skips ``seq_num`` s makes the follower read the table first.
 RESYNC_WINDOW_S = 2.0

@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
+from smartlab_plugins.connection import preload_node_clients
 from smartlab_plugins.hookspecs import Results
 from smartlab_plugins.layout import (
     ANALYSIS_SPEC,
@@ -255,6 +256,7 @@ class Publisher:
 
     def _write_loop(self) -> None:
         """Send the queued rounds to Tiled, in order, retrying while it is away."""
+        preload_node_clients()  # before the first table, not inside its request
         while True:
             with self._lock:
                 while not self._exiting and (
