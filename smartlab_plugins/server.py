@@ -40,6 +40,7 @@ import httpx
 
 from smartlab_plugins import settings
 from smartlab_plugins.assembly.external import EXTERNAL_SUBDIR
+from smartlab_plugins.gc_pauses import freeze_what_lives_now
 from smartlab_plugins.settings import redact
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -124,6 +125,8 @@ def build_app(
     from tiled.config import Authentication, StreamingCacheConfig
     from tiled.server.app import build_app as tiled_build_app
 
+    from smartlab_plugins import tiled_paths
+
     paths = storage_paths(data_dir)
     for folder in (paths["files"], paths["external"]):
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,7 @@ def build_app(
         **pool,
     )
     auth = Authentication(allow_anonymous_access=public, single_user_api_key=api_key)
+    tiled_paths.install()  # no access policy here: a node's path in one catalog query
     return tiled_build_app(tree, auth, serialization_registry=_serializers())
 
 
@@ -283,6 +287,7 @@ def serve(
         f"Clients: export SMARTLAB_TILED_URI=http://{host}:{port} SMARTLAB_API_KEY=<key>",
         flush=True,
     )
+    freeze_what_lives_now()  # tiled's app, imported and built: no longer walked by full GCs
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -21,6 +21,7 @@ from smartlab_plugins import protocol
 from smartlab_plugins.assembly.external import ReadPolicy
 from smartlab_plugins.compute import DaskEngine
 from smartlab_plugins.connection import client_factory
+from smartlab_plugins.gc_pauses import freeze_if_more_imported
 from smartlab_plugins.manager import PluginManager, from_reference
 from smartlab_plugins.protocol import Reply, Shipment, WorkerConfig
 from smartlab_plugins.publish import Publisher, RawRunWriter
@@ -102,6 +103,8 @@ def serve(recv: Callable[[], Any], send: Callable[[Any], None], config: WorkerCo
             try:
                 for summary in session.ship(message):
                     send(protocol.RunFinished(summary))
+                    # a plugin's libraries and model, loaded by its first run: out of full GCs
+                    freeze_if_more_imported()
             except Exception:
                 logger.exception("internal error while analysing a shipment; the worker carries on")
             continue

@@ -1,0 +1,77 @@
+"""SmartLab's server finds a node in one catalog query, with tiled's own answers otherwise."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import types
+
+import pyarrow as pa
+import pytest
+from tiled.catalog.adapter import CatalogContainerAdapter
+from tiled.client import Context, from_context
+
+from smartlab_plugins import gc_pauses
+from smartlab_plugins.server import build_app
+
+KEY = "secretfortests"
+
+
+@pytest.fixture
+def lookups(tmp_path, monkeypatch):
+    """A client of SmartLab's app, and the catalog lookups each request makes."""
+    calls: list[list[str]] = []
+    original = CatalogContainerAdapter.lookup_adapter
+
+    async def counted(self, segments):
+        calls.append(list(segments))
+        return await original(self, segments)
+
+    monkeypatch.setattr(CatalogContainerAdapter, "lookup_adapter", counted)
+    app = build_app(tmp_path / "tiled", KEY)
+    with Context.from_app(app, api_key=KEY) as context:
+        yield from_context(context), calls
+
+
+def test_a_deep_node_is_found_in_one_lookup_with_what_it_holds(lookups):
+    client, calls = lookups
+    node = client
+    for key in ("smartlab", "analysis", "primary"):
+        node = node.create_container(key, metadata={"level": key})
+    rows = pa.table({"seq_num": [1, 2], "x": [0.5, 1.5]})
+    node.create_appendable_table(rows.schema, key="events").append_partition(0, rows)
+
+    calls.clear()
+    events = client["smartlab/analysis/primary/events"]
+    assert calls == [["smartlab", "analysis", "primary", "events"]]  # not one per segment
+    assert events.read()["x"].tolist() == [0.5, 1.5]
+    assert client["smartlab/analysis"].metadata["level"] == "analysis"
+    assert list(client["smartlab/analysis/primary"]) == ["events"]
+
+
+def test_a_missing_node_gets_tiled_s_not_found(lookups):
+    client, _ = lookups
+    client.create_container("smartlab").create_container("analysis")
+    assert "smartlab/analysis/nope" not in client
+    with pytest.raises(KeyError):
+        client["smartlab/nope/primary"]
+
+
+def test_freezing_happens_once_per_batch_of_imports(monkeypatch):
+    monkeypatch.setattr(gc_pauses, "_modules_when_frozen", 0)
+    try:
+        assert gc_pauses.freeze_if_more_imported()
+        assert gc.get_freeze_count() > 0
+        assert not gc_pauses.freeze_if_more_imported()  # nothing imported since
+        monkeypatch.setitem(sys.modules, "smartlab_fresh_import", types.ModuleType("fresh"))
+        assert gc_pauses.freeze_if_more_imported()
+    finally:
+        gc.unfreeze()
+
+
+def test_importing_the_follower_loads_tiled_s_table_client():
+    """Not inside the request that finds a follower's first table (dask: a second or two)."""
+    code = "import sys, smartlab_plugins.results; print('tiled.client.dataframe' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
