@@ -53,8 +53,12 @@ def ood_flags(
     x: np.ndarray,
     logger: logging.Logger,
     seq_num: np.ndarray,
+    features: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """``ood_score`` and ``in_distribution`` per event for preprocessed inputs ``x``.
+
+    ``features``: those of ``x``, when the plugin's own forward pass gave them
+    (:meth:`~smartlab_plugins.models.store.LoadedModel.run_with_features`).
 
     See :mod:`smartlab_plugins.models.ood`. The first event of a run flagged out
     of distribution is logged as a warning (once per run); a model whose card
@@ -74,7 +78,7 @@ def ood_flags(
             model.card.name,
         )
         return {}
-    flags = model.ood.flags(ood.features(model.net, x))
+    flags = model.ood.flags(features if features is not None else ood.features(model.net, x))
     flagged = np.flatnonzero(flags["in_distribution"] == 0)
     if flagged.size:
         first = flagged[0]
@@ -122,6 +126,8 @@ class Inference:
     task: Any
     x: np.ndarray  # the preprocessed batch, as the network took it
     output: torch.Tensor  # float32, on the CPU
+    #: the out-of-distribution features of ``x`` from the same pass, when it gave them
+    features: dict[str, np.ndarray] | None = None
 
     @property
     def extras(self) -> dict[str, Any]:
@@ -172,7 +178,8 @@ class ModelPlugin:
             return None
         model: LoadedModel = run.state["model"]
         x = self.preprocess(values)
-        return Inference(model, run.state["task"], x, model.run(x))
+        output, features = model.run_with_features(x)
+        return Inference(model, run.state["task"], x, output, features)
 
 
 def model_input(

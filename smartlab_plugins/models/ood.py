@@ -117,6 +117,29 @@ def features(net: nn.Module, x: np.ndarray | torch.Tensor) -> dict[str, np.ndarr
     per row, ``(..., points)`` (the frame encoder's features: the score is per
     frame, as the plugin publishes it).
     """
+    return _features(net, x, keep_outputs=False)[0]
+
+
+def features_and_outputs(
+    net: nn.Module, x: np.ndarray | torch.Tensor
+) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+    """:func:`features` and ``net(x)`` (float32, on the CPU) from one forward pass.
+
+    For the networks whose plugins publish ``net(x)`` itself (not the
+    TransitionNet, whose features come from its frame encoder): a plugin then
+    runs its network once per batch, not twice. On the CPU the outputs are
+    those of :meth:`~smartlab_plugins.models.store.LoadedModel.run`.
+    """
+    if type(net).__name__ == "TransitionNet":
+        raise ValueError("TransitionNet's features come from its encoder, not its outputs")
+    feats, outputs = _features(net, x, keep_outputs=True)
+    assert outputs is not None
+    return feats, outputs
+
+
+def _features(
+    net: nn.Module, x: np.ndarray | torch.Tensor, keep_outputs: bool
+) -> tuple[dict[str, np.ndarray], torch.Tensor | None]:
     name = type(net).__name__
     if name not in TAPS:
         raise ModelIntegrityError(f"no out-of-distribution features are defined for {name}")
@@ -126,6 +149,7 @@ def features(net: nn.Module, x: np.ndarray | torch.Tensor) -> dict[str, np.ndarr
         x = x.reshape(-1, x.shape[-1])
     groups = ("input", *TAPS[name])
     parts: dict[str, list[torch.Tensor]] = {group: [] for group in groups}
+    outputs: list[torch.Tensor] = []
     net.eval()
     with torch.inference_mode(), _tapped(net, TAPS[name]) as seen:
         for start in range(0, len(x), BATCH):
@@ -133,14 +157,20 @@ def features(net: nn.Module, x: np.ndarray | torch.Tensor) -> dict[str, np.ndarr
             if name == "TransitionNet":
                 net.encode(chunk)
             else:
-                net(chunk)
+                output = net(chunk)
+                if keep_outputs:
+                    outputs.append(output.float().cpu())
             seen["input"] = input_statistics(chunk)
             for group in groups:
                 parts[group].append(seen[group].cpu())
-    return {
+    feats = {
         group: torch.cat(chunks).double().numpy() if chunks else np.empty((0, 0))
         for group, chunks in parts.items()
     }
+    if not keep_outputs:
+        return feats, None
+    # concatenated outside inference mode: an ordinary tensor the caller may change in place
+    return feats, torch.cat(outputs) if outputs else torch.empty(0)
 
 
 @dataclass

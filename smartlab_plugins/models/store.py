@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from smartlab_plugins.hookspecs import ModelInfo
-from smartlab_plugins.models import runtime
+from smartlab_plugins.models import ood, runtime
 from smartlab_plugins.models.cards import ModelCard, ModelIntegrityError
 from smartlab_plugins.models.nets import build
 from smartlab_plugins.models.ood import OODModel, load_for
@@ -83,6 +83,21 @@ class LoadedModel:
         network's own float32 forward pass.
         """
         return runtime.forward(self.net, x, self.device)
+
+    def run_with_features(
+        self, x: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, np.ndarray] | None]:
+        """:meth:`run`, and the out-of-distribution features of ``x`` from the same pass.
+
+        On the CPU the one forward pass gives both (the features are those the
+        calibration used). Elsewhere (bfloat16 autocast on CUDA), or without a
+        calibration, the features are None: :func:`~smartlab_plugins.models.inference.ood_flags`
+        then computes them in float32 itself.
+        """
+        if self.ood is None or self.device.type != "cpu":
+            return self.run(x), None
+        feats, outputs = ood.features_and_outputs(self.net, x)
+        return outputs, feats
 
 
 def load_model(

@@ -111,7 +111,8 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
         return None
     model = run.state["model"]
     task = run.state["task"]
-    probabilities = task.probabilities(model.run(x), model.card.extras)
+    output, features = model.run_with_features(x)  # one forward pass for both
+    probabilities = task.probabilities(output, model.card.extras)
     winner = probabilities.argmax(axis=1)
     results = Results(
         scalars={
@@ -119,7 +120,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
             "phase_name": np.array(task.outputs, dtype=object)[winner],
             "confidence": probabilities.max(axis=1),
             **{f"p_{name}": probabilities[:, i] for i, name in enumerate(task.outputs)},
-            **ood_flags(run, NAME, model, x, logger, batch.seq_num),
+            **ood_flags(run, NAME, model, x, logger, batch.seq_num, features),
         }
     )
     if run.options.get("saliency"):

@@ -190,7 +190,7 @@ def smartlab_analyze(run: RunContext, batch: EventBatch) -> Results | None:
             **{p: mean[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
             **{f"{p}_std": std[:, i] for i, p in enumerate(spinwave.PARAMETERS)},
             "outside_training": flagged.astype(np.int8),
-            **ood_flags(run, NAME, done.model, done.x, logger, batch.seq_num),
+            **ood_flags(run, NAME, done.model, done.x, logger, batch.seq_num, done.features),
         }
     )
     if run.options.get("saliency"):

@@ -101,6 +101,23 @@ def test_a_nan_input_scores_infinite_and_is_flagged(models) -> None:
     assert np.isinf(flags["ood_score"]).all() and (flags["in_distribution"] == 0).all()
 
 
+@pytest.mark.parametrize(("name", "shape"), [("phase_cnn", (12, 336)), ("spinwave_cnn", (48, 80))])
+def test_one_forward_pass_gives_the_outputs_and_the_calibrated_features(
+    models, name: str, shape: tuple[int, int]
+) -> None:
+    model = model_named(models, name)
+    x = np.random.default_rng(5).random((5, 1, *shape), dtype=np.float32)
+
+    output, feats = model.run_with_features(x)
+
+    np.testing.assert_allclose(output.numpy(), model.run(x).numpy(), rtol=1e-5, atol=1e-5)
+    alone = ood.features(model.net, x)
+    assert feats is not None and feats.keys() == alone.keys()
+    for group in alone:
+        np.testing.assert_allclose(feats[group], alone[group], rtol=1e-6, atol=1e-9)
+    output += 1.0  # an ordinary tensor: the plugin may scale it in place
+
+
 def copy_of_shipped(tmp_path: Path, name: str) -> Path:
     for suffix in (".pt", ".json", ".ood.npz"):
         shutil.copy(shipped_dir() / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
