@@ -22,6 +22,7 @@ to tiled 0.2.20, pinned; measured in ``docs/benchmarks.md``.)
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 _INSTALLED = "_smartlab_one_query"
@@ -37,43 +38,27 @@ def install() -> None:
     if getattr(walk, _INSTALLED, False):
         return
 
-    async def get_entry(
-        path: str,
-        security_scopes: Any,
-        principal: Any,
-        authn_access_tags: Any,
-        authn_scopes: Any,
-        root_tree: Any,
-        session_state: dict,
-        metrics: dict,
-        structure_families: Any = None,
-        access_policy: Any = None,
-    ) -> Any:
-        arguments = (
-            path,
-            security_scopes,
-            principal,
-            authn_access_tags,
-            authn_scopes,
-            root_tree,
-            session_state,
-            metrics,
-            structure_families,
-            access_policy,
-        )
-        segments = [segment for segment in path.split("/") if segment]
-        if access_policy is not None or session_state or len(segments) < 2:
-            return await walk(*arguments)
+    parameters = inspect.signature(walk)
+
+    async def get_entry(*args: Any, **kwargs: Any) -> Any:
+        """tiled's ``get_entry``, called as tiled calls it; one query where nothing is filtered."""
+        call = parameters.bind(*args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        root_tree, families = given["root_tree"], given["structure_families"]
+        segments = [segment for segment in given["path"].split("/") if segment]
+        if given["access_policy"] is not None or given["session_state"] or len(segments) < 2:
+            return await walk(*args, **kwargs)
         if not _unfiltered_catalog(root_tree):
-            return await walk(*arguments)
+            return await walk(*args, **kwargs)
         try:
             entry = await root_tree.lookup_adapter(segments)
         except NoEntry:  # it looked inside files on the way too: the walk would find nothing
             raise HTTPException(status_code=404, detail=f"No such entry: {segments}") from None
         except Exception:  # a broken link, ...: tiled's own answer, its own way
-            return await walk(*arguments)
-        if structure_families is not None and entry.structure_family not in structure_families:
-            return await walk(*arguments)
+            return await walk(*args, **kwargs)
+        if families is not None and entry.structure_family not in families:
+            return await walk(*args, **kwargs)
         return entry
 
     setattr(get_entry, _INSTALLED, True)
