@@ -497,9 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="adapt a shipped model to a few labelled examples of a shifted instrument",
         description="Adapt the shipped model to DATA (an HDF5 set from `smartlab simulate`, "
-        "or measured examples in the same layout): retrain its dense head alone, and every "
-        "layer at a small learning rate, and keep the better on held-out examples; the card "
-        "reports both, and the new and the original domain.",
+        "or measured examples in the same layout): keep its weights, retrain its dense head "
+        "alone, or retrain every layer at a small learning rate, whichever scores best by "
+        "3-fold cross-validation on the examples; the card reports all three, and the new "
+        "and the original domain.",
     )
     finetune.add_argument("model", choices=["spinwave_cnn", "phase_cnn"])
     finetune.add_argument("data", type=Path, metavar="DATA")

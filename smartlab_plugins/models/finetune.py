@@ -3,7 +3,7 @@
 Three ways of adapting are weighed (:data:`STRATEGIES`): keeping the shipped
 weights (only the calibration is refitted), retraining the dense head only
 (convolutions frozen, their batch-norm statistics adapting, as in AdaBN), and
-retraining every layer at a tenth of the learning rate. Each is scored by
+retraining every layer at a smaller learning rate (3e-4, the head's 1e-3). Each is scored by
 :data:`FOLDS`-fold cross-validation on the examples (a held-out fold picks
 the epoch and scores it; these fits stop sooner, :data:`CV_LIMITS`), the best
 mean score wins, and the winner is then
