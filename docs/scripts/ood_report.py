@@ -119,6 +119,7 @@ def transfer_rows() -> list[str]:
     import tempfile
     from dataclasses import asdict
 
+    from smartlab_plugins.cases import simulate_case
     from smartlab_plugins.models.finetune import FINETUNE_CONFIG, finetune, score
     from smartlab_plugins.models.nets import build
     from smartlab_plugins.models.registry import task as task_named
@@ -131,8 +132,6 @@ def transfer_rows() -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name, shift in TRANSFER:
-        from smartlab_plugins.cases import simulate_case
-
         task = task_named(name)
         config = apply_overrides(base_config(name), SHIFTS[name][shift].overrides)
         test = simulated_split(name, config, 400, 502)
@@ -206,8 +205,8 @@ def write_page() -> None:
             "trained from scratch on the 50. spinwave_cnn: relative error of J1 / J2 / D (%);",
             "phase_cnn: accuracy away from the phase boundaries (%). *kept*: the way of adapting",
             "that `smartlab finetune` chose by 3-fold cross-validation on the 50 (`none`: the",
-            "shipped weights, recalibrated; `head`: the dense head alone; `all`: every layer at a",
-            "tenth of the learning rate). The last",
+            "shipped weights, recalibrated; `head`: the dense head alone, at a learning rate of",
+            "1e-3; `all`: every layer, at 3e-4). The last",
             "column is the model card's `original_domain`: the shipped instrument's own data,",
             "scored before and after.\n",
             TRANSFER_TABLE.read_text(),
