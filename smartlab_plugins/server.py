@@ -125,7 +125,7 @@ def build_app(
     from tiled.config import Authentication, StreamingCacheConfig
     from tiled.server.app import build_app as tiled_build_app
 
-    from smartlab_plugins import tiled_paths
+    from smartlab_plugins import dependants, tiled_paths
 
     paths = storage_paths(data_dir)
     for folder in (paths["files"], paths["external"]):
@@ -148,6 +148,7 @@ def build_app(
     )
     auth = Authentication(allow_anonymous_access=public, single_user_api_key=api_key)
     tiled_paths.install()  # no access policy here: a node's path in one catalog query
+    dependants.install()  # FastAPI analyses each endpoint's dependencies once, not per request
     return tiled_build_app(tree, auth, serialization_registry=_serializers())
 
 
