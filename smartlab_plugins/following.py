@@ -124,6 +124,7 @@ class Follower:
         self._subscriptions: list[Any] = []
         self._subscription: _ResyncingTableSubscription | None = None  #: the table's, once made
         self._subscribed = threading.Event()
+        self._started = time.monotonic()
         self._thread = threading.Thread(
             target=self._run, name=f"smartlab-follow-{plugin}-{run_uid[:8]}", daemon=True
         )
@@ -165,11 +166,13 @@ class Follower:
         try:
             root = self._wait_for_child(self._client, key=ROOT_KEY)
             self.analysis = self._wait_for_child(root, match=self._is_our_analysis)
+            self._log_step("found the analysis")
             # the stream and its table come in one round: often there once the analysis is
             events = _lookup(self.analysis, (self.stream, EVENTS_KEY))
             if events is None:
                 stream = self._wait_for_child(self.analysis, key=self.stream)
                 events = self._wait_for_child(stream, key=EVENTS_KEY)
+            self._log_step("found its table")
             self._follow_table(events)
         except _Closed:
             pass
@@ -182,6 +185,15 @@ class Follower:
                 type(exc).__name__,
                 exc,
             )
+
+    def _log_step(self, step: str) -> None:
+        logger.debug(
+            "following %s of run %s: %s %.3f s after starting",
+            self.plugin,
+            self.run_uid[:8],
+            step,
+            time.monotonic() - self._started,
+        )
 
     def _is_our_analysis(self, metadata: dict[str, Any]) -> bool:
         return metadata.get("run_uid") == self.run_uid and metadata.get("plugin") == self.plugin
@@ -269,6 +281,7 @@ class Follower:
                 continue
             self._subscription = subscription
             self._subscribed.set()
+            self._log_step("subscribed to its table and read it")
             while subscription._thread.is_alive() and not self._closed.wait(CHECK_S):
                 if not subscription.settled and (
                     time.monotonic() - subscription.connected_at > RESYNC_WINDOW_S
