@@ -11,6 +11,7 @@ into the next append, so HTTP round trips do not grow with the event rate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -44,6 +45,10 @@ from smartlab_plugins.publish.tables import conform, rows
 from smartlab_plugins.retry import Backoff, is_conflict
 
 logger = logging.getLogger(__name__)
+
+#: Put on the operations queue by the writer when it has written every queued round: the
+#: planner, holding what arrived meanwhile (:meth:`Publisher._hold_while_writing`), sends it on.
+_WRITTEN = ("written",)
 
 
 @dataclass
@@ -243,8 +248,12 @@ class Publisher:
         """Take operations, decide their writes, and queue them (in the journal) as rounds."""
         while True:
             ops = [self._ops.get()]
+            if ops[0] is _WRITTEN:
+                continue
             self._gather(ops, until=self._last_round + self._min_interval)
+            ops = [op for op in ops if op is not _WRITTEN]  # a hold below waits for a new one
             self._hold_while_writing(ops)
+            ops = [op for op in ops if op is not _WRITTEN]
             self._last_round = time.monotonic()
             exiting = self._admit(ops)
             self._admitted += len(ops)
@@ -283,15 +292,19 @@ class Publisher:
             now = time.monotonic()
             if now >= hold_until or any(op[0] in ("barrier", "exit") for op in ops):
                 return
-            self._gather(ops, until=min(hold_until, now + 0.01))
+            self._gather(ops, until=min(hold_until, now + 0.01), until_written=True)
 
-    def _gather(self, ops: list[tuple], until: float) -> None:
+    def _gather(self, ops: list[tuple], until: float, until_written: bool = False) -> None:
         """Add to ``ops`` what is queued, and what arrives before ``until`` (monotonic s).
 
-        Stops waiting at once when a flush, close or exit is among them.
+        Stops waiting at once when a flush, close or exit is among them; with
+        ``until_written``, also when the writer says it has written every round
+        (:data:`_WRITTEN`).
         """
         while True:
-            urgent = any(op[0] in ("barrier", "exit") for op in ops)
+            urgent = any(
+                op[0] in ("barrier", "exit") or (until_written and op is _WRITTEN) for op in ops
+            )
             wait = 0.0 if urgent else until - time.monotonic()
             try:
                 ops.append(self._ops.get(timeout=wait) if wait > 0 else self._ops.get_nowait())
@@ -397,6 +410,10 @@ class Publisher:
             with self._lock:
                 self._backlog.popleft()
                 barriers = head.barriers
+                written_all = not self._backlog
+            if written_all:  # what the planner holds meanwhile can go now, not in 10 ms
+                with contextlib.suppress(queue.Full):
+                    self._ops.put_nowait(_WRITTEN)
             for barrier in barriers:
                 barrier.set()
             if self._outage_since is not None:
