@@ -9,7 +9,8 @@ import types
 
 import pyarrow as pa
 import pytest
-from tiled.catalog.adapter import CatalogContainerAdapter
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from tiled.client import Context, from_context
 
 from smartlab_plugins import gc_pauses
@@ -19,39 +20,45 @@ KEY = "secretfortests"
 
 
 @pytest.fixture
-def lookups(tmp_path, monkeypatch):
-    """A client of SmartLab's app, and the catalog lookups each request makes."""
-    calls: list[list[str]] = []
-    original = CatalogContainerAdapter.lookup_adapter
+def path_queries(tmp_path):
+    """A client of SmartLab's app, and the catalog queries for nodes by path each request makes."""
+    queries: list[str] = []
 
-    async def counted(self, segments):
-        calls.append(list(segments))
-        return await original(self, segments)
+    def note(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().startswith("SELECT nodes.id"):  # a node by its path, not its parts
+            queries.append(statement)
 
-    monkeypatch.setattr(CatalogContainerAdapter, "lookup_adapter", counted)
     app = build_app(tmp_path / "tiled", KEY)
-    with Context.from_app(app, api_key=KEY) as context:
-        yield from_context(context), calls
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        with Context.from_app(app, api_key=KEY) as context:
+            yield from_context(context), queries
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
 
 
-def test_a_deep_node_is_found_in_one_lookup_with_what_it_holds(lookups):
-    client, calls = lookups
+def test_a_deep_node_is_found_in_one_query_with_what_it_holds(path_queries):
+    client, queries = path_queries
     node = client
     for key in ("smartlab", "analysis", "primary"):
         node = node.create_container(key, metadata={"level": key})
     rows = pa.table({"seq_num": [1, 2], "x": [0.5, 1.5]})
     node.create_appendable_table(rows.schema, key="events").append_partition(0, rows)
 
-    calls.clear()
+    queries.clear()
     events = client["smartlab/analysis/primary/events"]
-    assert calls == [["smartlab", "analysis", "primary", "events"]]  # not one per segment
+    assert len(queries) == 1  # not one per segment (tiled's walk: four)
     assert events.read()["x"].tolist() == [0.5, 1.5]
     assert client["smartlab/analysis"].metadata["level"] == "analysis"
     assert list(client["smartlab/analysis/primary"]) == ["events"]
+    other = client["smartlab"].create_container("other").create_container("primary")
+    other.create_appendable_table(rows.schema, key="events")  # same depth, other segments
+    assert client["smartlab/other/primary/events"].read().empty
+    assert client["smartlab/analysis/primary/events"].read()["seq_num"].tolist() == [1, 2]
 
 
-def test_a_missing_node_gets_tiled_s_not_found(lookups):
-    client, _ = lookups
+def test_a_missing_node_gets_tiled_s_not_found(path_queries):
+    client, _ = path_queries
     client.create_container("smartlab").create_container("analysis")
     assert "smartlab/analysis/nope" not in client
     with pytest.raises(KeyError):
