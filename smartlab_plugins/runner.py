@@ -26,7 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from smartlab_plugins import protocol
+from smartlab_plugins import protocol, settings
 from smartlab_plugins.protocol import Reply, Shipment, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -169,11 +169,15 @@ class ProcessHost(WorkerHost):
         return self._process.pid
 
     def _start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        threads = settings.worker_threads()
+        if threads is not None:  # torch's default, a thread per core, fights the scan for them
+            env["OMP_NUM_THREADS"] = str(threads)
         parent_sock, child_sock = socket.socketpair()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "smartlab_plugins.worker_main", str(child_sock.fileno())],
             pass_fds=[child_sock.fileno()],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            env=env,
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())

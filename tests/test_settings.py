@@ -54,3 +54,20 @@ def test_a_tiled_profile_names_the_server(clean_env, tmp_path):
             settings.tiled_uri()
     finally:
         load_profiles.cache_clear()
+
+
+def test_the_worker_s_threads_are_half_the_cores_unless_told(monkeypatch):
+    monkeypatch.delenv("SMARTLAB_WORKER_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert settings.worker_threads() == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert settings.worker_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's own choice stands
+    assert settings.worker_threads() is None
+    monkeypatch.setenv("SMARTLAB_WORKER_THREADS", "3")  # SmartLab's own setting wins
+    assert settings.worker_threads() == 3
+    for wrong in ("0", "two", "-1"):
+        monkeypatch.setenv("SMARTLAB_WORKER_THREADS", wrong)
+        with pytest.raises(settings.ConfigurationError, match="SMARTLAB_WORKER_THREADS"):
+            settings.worker_threads()

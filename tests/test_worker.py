@@ -171,3 +171,12 @@ def test_one_plugin_name_alone_is_read_as_a_list(RE, make_smartlab, client, beam
     (uid,) = RE(bp.count([beam["beam"]], num=2), smartlab={"plugins": "peak_stats"})
     smartlab.flush()
     assert find_analyses(client, run_uid=uid, plugin="peak_stats")
+
+
+def test_the_worker_process_gets_its_share_of_threads(make_smartlab, monkeypatch):
+    """torch and BLAS in the worker use SMARTLAB_WORKER_THREADS threads, not one per core."""
+    monkeypatch.setenv("SMARTLAB_WORKER_THREADS", "1")
+    smartlab = make_smartlab(plugins=["peak_stats"], isolation="process")
+    with open(f"/proc/{smartlab.status()['worker_pid']}/environ", "rb") as environ:
+        variables = environ.read().decode().split("\0")
+    assert "OMP_NUM_THREADS=1" in variables
