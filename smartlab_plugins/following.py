@@ -10,7 +10,9 @@ Exactly once, in order: rows are delivered by increasing ``seq_num`` and a row
 is passed on only if its ``seq_num`` is past the last one delivered. Whenever
 the subscription (re)connects, it first reads the table as it is, then takes
 the appends pushed after it; so a follower that starts mid-run, or whose
-connection drops, gets everything it missed without gaps or repeats. Tiled's
+connection drops, gets everything it missed without gaps or repeats. (A table
+made after following began is instead pushed whole from its first append, from
+Tiled's cache, as the subscription opens: the first rows come sooner.) Tiled's
 client reconnects by itself; if it gives up (the server away for longer than
 its retries), the follower subscribes afresh once the server answers again.
 
@@ -69,28 +71,40 @@ class _ResyncingTableSubscription(TableSubscription):
 
     Tiled resumes a dropped subscription from the last message's sequence
     number, which a restarted server no longer knows; reading the table on
-    connecting covers that and a follower that starts mid-run. (Hooks
+    connecting covers that and a follower that starts mid-run. A table made
+    after following began is not read on the first connection: the server
+    is asked to push every append since the table was made (``start=1``),
+    which it does right after the schema, so the first rows do not wait for a
+    read. (Hooks
     ``_connect`` and reads ``_disconnect_event``, private to tiled 0.2.20's ``Subscription``,
     pinned.)
     """
 
-    def __init__(self, node: Any, on_connect: Callable[[], None]) -> None:
+    def __init__(self, node: Any, on_connect: Callable[[], None], replay: bool = False) -> None:
         super().__init__(node.context, node.path_parts)
         self.events = node  #: the table subscribed to
         self._on_connect = on_connect
+        #: Whether the first connection asks the server for every append since the table was
+        #: made (a table made after following began: a few appends, all in Tiled's cache).
+        self._replay = replay
         self.connected_at = time.monotonic()  #: when it last (re)connected (monotonic)
         #: Whether the table was read again after :data:`RESYNC_WINDOW_S` on this connection.
         self.settled = False
 
     def _connect(self, start: int | None = None, max_size: int = 1_000_000) -> None:
+        replay, self._replay = self._replay, False
         try:
-            super()._connect(None, max_size=max_size)  # from now: the read covers what came before
+            # from the table's first append (sequence 1), pushed as the connection opens; or from
+            # now, and the read below covers what came before
+            super()._connect(1 if replay else None, max_size=max_size)
         except RuntimeError as exc:  # "Cannot be restarted once stopped": closed while
             if self._disconnect_event.is_set():  # tiled's client was reconnecting; its loop
                 raise OSError(f"closed while reconnecting: {exc}") from exc  # ends on OSError
             raise
         self.connected_at = time.monotonic()
         self.settled = False
+        if replay:  # what the replay lacks (Tiled's cache full or expired), the window's read has
+            return
         try:
             self._on_connect()
         except Exception as exc:  # the server went away between the two: reconnect
@@ -169,11 +183,12 @@ class Follower:
             self._log_step("found the analysis")
             # the stream and its table come in one round: often there once the analysis is
             events = _lookup(self.analysis, (self.stream, EVENTS_KEY))
-            if events is None:
+            made_since = events is None  # then made since: its appends are all in Tiled's cache
+            if made_since:
                 stream = self._wait_for_child(self.analysis, key=self.stream)
                 events = self._wait_for_child(stream, key=EVENTS_KEY)
             self._log_step("found its table")
-            self._follow_table(events)
+            self._follow_table(events, replay=made_since)
         except _Closed:
             pass
         except Exception as exc:
@@ -259,10 +274,18 @@ class Follower:
             return None
         return max(candidates, key=lambda node: node.metadata.get("started", 0))
 
-    def _follow_table(self, events: Any) -> None:
-        """Subscribe to the table's appends; subscribe afresh whenever Tiled's client gives up."""
+    def _follow_table(self, events: Any, replay: bool = False) -> None:
+        """Subscribe to the table's appends; subscribe afresh whenever Tiled's client gives up.
+
+        With ``replay`` (a table made after following began), the first
+        subscription asks for every append since the table was made instead of
+        reading the table: the first rows come with the connection.
+        """
         while not self._closed.is_set():
-            subscription = _ResyncingTableSubscription(events, lambda: self._read_all(events))
+            subscription = _ResyncingTableSubscription(
+                events, lambda: self._read_all(events), replay=replay
+            )
+            replay = False  # a subscription afresh reads the table
             on_rows = self._on_rows  # bound method: held weakly by the registry, kept here
             subscription.new_data.add_callback(on_rows)
             try:
@@ -281,7 +304,7 @@ class Follower:
                 continue
             self._subscription = subscription
             self._subscribed.set()
-            self._log_step("subscribed to its table and read it")
+            self._log_step("subscribed to its table")
             while subscription._thread.is_alive() and not self._closed.wait(CHECK_S):
                 if not subscription.settled and (
                     time.monotonic() - subscription.connected_at > RESYNC_WINDOW_S
