@@ -37,7 +37,8 @@ def test_live_phases_plot_the_published_probabilities(RE, make_smartlab, client,
     assert set(lines) == {*phases, *crossed}
     assert legend_texts(view.ax) == [*phases, *crossed]
     if crossed:  # the confidence of each event flagged out of distribution, crossed out
-        np.testing.assert_allclose(lines[crossed[0]].get_xdata(), outside["sample_x"])
+        at = np.asarray(compositions)[outside["seq_num"].to_numpy() - 1]  # x of those events
+        np.testing.assert_allclose(lines[crossed[0]].get_xdata(), at)
         np.testing.assert_allclose(lines[crossed[0]].get_ydata(), outside["confidence"])
     np.testing.assert_allclose(lines["tetragonal"].get_xdata(), compositions)
     np.testing.assert_allclose(lines["tetragonal"].get_ydata(), table["p_tetragonal"], rtol=1e-6)

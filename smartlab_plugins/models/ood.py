@@ -11,9 +11,11 @@ calibration set's mean and spread, and their covariance is estimated with
 Ledoit-Wolf shrinkage (``sklearn.covariance.LedoitWolf``), which keeps the
 precision matrix well conditioned with a few thousand samples.
 
-``ood_score`` is the squared Mahalanobis distance divided by the number of
-features: about 1 for an input like the training data, larger the less alike
-(infinite for an input whose features are not finite, e.g. a NaN frame).
+``ood_score`` is the mean over the feature groups of each group's squared
+Mahalanobis distance divided by its number of features (and by its median on
+held-out inputs): about 1 for an input like the training data, larger the
+less alike (infinite for an input whose features are not finite, e.g. a NaN
+frame).
 ``in_distribution`` is 1 when the score is at most the threshold: the
 :data:`QUANTILE` quantile of the scores of held-out in-distribution inputs, so
 about 1 - QUANTILE of valid inputs are flagged by design.
@@ -41,7 +43,11 @@ from torch import nn
 
 from smartlab_plugins.models.cards import ModelIntegrityError, sha256_of
 
-METHOD = "largest per-layer Mahalanobis distance of pooled features (Lee et al. 2018), Ledoit-Wolf"
+METHOD = "mean per-layer Mahalanobis distance of pooled features (Lee et al. 2018), Ledoit-Wolf"
+#: How the groups' scores make ``ood_score``: their mean. Statistics saved before the rule
+#: was stored were calibrated with the largest (``"max"``), and are read with it.
+COMBINE = "mean"
+COMBINERS = {"mean": np.mean, "max": np.max}
 QUANTILE = 0.95  # the share of held-out in-distribution inputs called in distribution
 FIT_SHARE = 0.7  # of the calibration set: fits mean and covariance; the rest sets the threshold
 BATCH = 256
@@ -205,19 +211,24 @@ class GroupStats:
 class OODModel:
     """The calibrated statistics of one model's feature groups and the flag threshold.
 
-    ``ood_score`` is the largest of the groups' scores, each the squared
+    ``ood_score`` is the mean of the groups' scores, each the squared
     Mahalanobis distance per feature over its median on held-out
-    in-distribution inputs: an input is as unlike the training data as its
-    most unusual layer says.
+    in-distribution inputs (``combine``). The mean, not the largest: a shift
+    that several layers see a little is told apart better, and one that a
+    single layer sees a lot still stands out (a micrograph at twice the pixel
+    size: AUROC 0.94 with the largest, 0.98 with the mean; a fifth of the
+    counts on an operando frame 0.89 -> 0.91; the other shifts within 0.03).
     """
 
     groups: dict[str, GroupStats]
     threshold: float  # scores above it are flagged
     quantile: float  # the held-out quantile the threshold is
+    combine: str = COMBINE  # how the groups' scores combine: "mean" or "max"
 
     def score(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         """``ood_score`` per input (inf if any feature is not finite)."""
-        return np.max([stats.score(feats[name]) for name, stats in self.groups.items()], axis=0)
+        scores = [stats.score(feats[name]) for name, stats in self.groups.items()]
+        return COMBINERS[self.combine](scores, axis=0)
 
     def flags(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``ood_score`` (float64) and ``in_distribution`` (int8, 1 = like the training data)."""
@@ -230,6 +241,7 @@ class OODModel:
             "groups": np.array(list(self.groups), dtype=str),
             "threshold": np.float64(self.threshold),
             "quantile": np.float64(self.quantile),
+            "combine": np.array(self.combine, dtype=str),
         }
         for i, stats in enumerate(self.groups.values()):
             arrays.update(
@@ -275,7 +287,10 @@ class OODModel:
                 )
                 for i, name in enumerate(stored["groups"])
             }
-            return cls(groups, float(stored["threshold"]), float(stored["quantile"]))
+            combine = str(stored["combine"]) if "combine" in stored.files else "max"
+            if combine not in COMBINERS:
+                raise ValueError(f"unknown combination {combine!r} of the groups' scores")
+            return cls(groups, float(stored["threshold"]), float(stored["quantile"]), combine)
 
 
 def fit(

@@ -148,3 +148,26 @@ def test_calibration_writes_statistics_the_card_checks(tmp_path: Path) -> None:
     assert after.threshold != before.threshold
     with pytest.raises(ValueError, match="generated transition_lstm's training data"):
         ood.calibrate_model("transition_lstm", directory, n=40, seed=0)
+
+
+def test_the_score_is_the_mean_of_the_groups_and_older_files_keep_their_rule(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    fit_part = {"a": rng.normal(size=(200, 3)), "b": rng.normal(size=(200, 2))}
+    held_out = {"a": rng.normal(size=(100, 3)), "b": rng.normal(size=(100, 2))}
+    model = ood.fit(fit_part, held_out, 0.95)
+    probe = {"a": rng.normal(size=(5, 3)), "b": rng.normal(size=(5, 2)) + 3.0}
+    by_group = np.array([model.groups[g].score(probe[g]) for g in ("a", "b")])
+    assert model.combine == "mean"
+    np.testing.assert_allclose(model.score(probe), by_group.mean(axis=0))
+
+    saved = tmp_path / "m.ood.npz"
+    model.save(saved)
+    assert ood.OODModel._read(saved).combine == "mean"
+    with np.load(saved, allow_pickle=False) as stored:  # as written before the rule was stored
+        older = {key: stored[key] for key in stored.files if key != "combine"}
+    np.savez(tmp_path / "old.ood.npz", **older)
+    old = ood.OODModel._read(tmp_path / "old.ood.npz")
+    assert old.combine == "max"  # its threshold was set on the largest group's score
+    np.testing.assert_allclose(old.score(probe), by_group.max(axis=0))
