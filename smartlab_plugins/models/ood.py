@@ -32,6 +32,7 @@ the weights are.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +97,28 @@ def input_statistics(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _tapped(net: nn.Module, names: tuple[str, ...]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the pooled outputs of the named modules while the block runs."""
+    """Record the pooled outputs of the named modules while the block runs, in this thread.
+
+    A network is shared by the plugins of a worker (``spinwave_cnn`` and
+    ``spinwave_baselines`` score inputs with the same one), each on its own
+    thread: a forward pass on another thread while these hooks are on must not
+    be recorded as this thread's (it was: scores of the wrong inputs, or groups
+    of different lengths).
+    """
     modules = dict(net.named_modules())
     missing = [name for name in names if name not in modules]
     if missing:
         raise ModelIntegrityError(f"{type(net).__name__} has no layer {missing} to score inputs by")
     seen: dict[str, torch.Tensor] = {}
+    caller = threading.get_ident()
+
+    def keep(name: str, output: torch.Tensor) -> None:
+        if threading.get_ident() == caller:
+            seen[name] = _pooled(output)
+
     handles = [
         modules[name].register_forward_hook(
-            lambda _module, _inputs, output, name=name: seen.__setitem__(name, _pooled(output))
+            lambda _module, _inputs, output, name=name: keep(name, output)
         )
         for name in names
     ]

@@ -11,6 +11,7 @@ docs/models/ood.md, with the figures, not here.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,52 @@ def test_the_score_is_the_mean_of_the_groups_and_older_files_keep_their_rule(
     old = ood.OODModel._read(tmp_path / "old.ood.npz")
     assert old.combine == "max"  # its threshold was set on the largest group's score
     np.testing.assert_allclose(old.score(probe), by_group.max(axis=0))
+
+
+def test_two_threads_scoring_with_one_network_each_get_their_own_features(models) -> None:
+    """The plugins of a worker share a network (spinwave_cnn and spinwave_baselines); each
+    thread's features must come from its own forward pass, even when both are inside one."""
+    import threading
+
+    model = model_named(models, "spinwave_cnn")
+    net = model.net
+    from smartlab_plugins.models import spinwave
+
+    inputs = [  # maps of counts, as the network takes them; batches of 3 and 5
+        spinwave.preprocess(np.random.default_rng(seed).poisson(5.0, size=(n, 96, 160)) * 1.0)
+        for seed, n in ((1, 3), (2, 5))
+    ]
+    alone = [ood.features(net, x) for x in inputs]
+    modules = dict(net.named_modules())
+    first, last = ood.TAPS["SpinWaveNet"][0], ood.TAPS["SpinWaveNet"][-1]
+    started, finished = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+
+    def wait_for_both(barrier: threading.Barrier) -> Callable[..., None]:
+        def hook(*_: object) -> None:  # returns None: the layer's input and output unchanged
+            barrier.wait()
+
+        return hook
+
+    # both threads are inside their forward pass, hooks on, before either goes on or reads
+    hooks = [
+        modules[first].register_forward_pre_hook(wait_for_both(started)),
+        modules[last].register_forward_hook(wait_for_both(finished)),
+    ]
+    together: list = [None, None]
+
+    def score(i: int) -> None:
+        together[i] = ood.features(net, inputs[i])
+
+    try:
+        threads = [threading.Thread(target=score, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for mine, reference in zip(together, alone, strict=True):
+        assert mine is not None
+        for group, values in reference.items():
+            np.testing.assert_allclose(mine[group], values, rtol=1e-5, atol=1e-6, err_msg=group)
