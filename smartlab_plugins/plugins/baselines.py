@@ -10,7 +10,9 @@ test split is in each card (``smartlab_plugins/models/weights/*_baselines.json``
 ``ood_score`` and ``in_distribution`` are those of the CNN beside them for the
 same input (:mod:`smartlab_plugins.models.ood`): the baselines were trained on
 the same simulated instrument, so an input unlike the CNN's training data is
-unlike theirs.
+unlike theirs. ``spinwave_baselines`` reads a map by its declared axes as
+``spinwave_cnn`` does (moved onto the training grid, refused when it does not
+cover it) and publishes the same ``outside_training`` flag.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class BaselinesPlugin:
         """Every model's answers: the exchange constants in meV, class indices dimensionless."""
         if self.baselines.kind == "regression":
             names = self.baselines.task().outputs
-            return {f"{kind}_{p}": "meV" for kind in MODEL_KINDS for p in names} | OOD_UNITS
+            answers = {f"{kind}_{p}": "meV" for kind in MODEL_KINDS for p in names}
+            return answers | {"outside_training": ""} | OOD_UNITS
         return {f"{kind}_phase": "" for kind in MODEL_KINDS} | OOD_UNITS
 
     @hookimpl
@@ -89,8 +92,15 @@ class BaselinesPlugin:
         """Every model's answer for every event of the batch."""
         if self._loaded is None:
             return None
-        if self.baselines.kind == "regression":
+        outside = None
+        if self.baselines.kind == "regression":  # the map on the training grid by its axes
+            from smartlab_plugins.plugins.spinwave_cnn import on_training_grid
+
+            config = shared_model(self.baselines.cnn).card.data.get("generator_config", {})
+            batch, partial = on_training_grid(run, batch, self.baselines.name, config)
             raw = model_input(run, batch, self.baselines.name, self.field, self.shape)
+            conditions = spinwave.outside_training(dict(batch.context), config, len(batch))
+            outside = (conditions | partial).astype(np.int8)
         else:  # phase_cnn's input: the frame integrated for its declared geometry
             from smartlab_plugins.plugins.phase_cnn import network_input
 
@@ -109,6 +119,8 @@ class BaselinesPlugin:
             else:
                 scalars[f"{kind}_phase"] = predicted
                 scalars[f"{kind}_phase_name"] = np.array(task.outputs, dtype=object)[predicted]
+        if outside is not None:
+            scalars["outside_training"] = outside
         cnn = shared_model(self.baselines.cnn)
         cnn_input = spinwave.preprocess(raw) if self.baselines.kind == "regression" else raw
         scalars.update(ood_flags(run, self.baselines.name, cnn, cnn_input, logger, batch.seq_num))

@@ -40,6 +40,7 @@ get ``outside_training = 1`` and a warning once per run: their estimates drift.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -96,20 +97,29 @@ def _grid_range(axes: dict[str, np.ndarray]) -> str:
     )
 
 
-def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bool]:
+def on_training_grid(
+    run: RunContext,
+    batch: EventBatch,
+    plugin: str = NAME,
+    config: dict[str, Any] | None = None,
+) -> tuple[EventBatch, bool]:
     """The batch with its map moved onto the training grid by its declared axes.
 
     Returns the batch (unchanged when the field declares no ``coords`` or
     already is on the training grid) and whether the declared grid covers the
     training grid only partially. Raises ValueError when the declared axes are
     unusable or do not cover the training range: the worker then records the
-    error against each event of the batch.
+    error against each event of the batch. ``plugin`` names the plugin in
+    messages; ``config`` is the generator config of its training data (default:
+    this plugin's model card's; ``spinwave_baselines`` passes the CNN's, the same
+    simulated instrument).
     """
     if FIELD not in batch.data:
         return batch, False
     values = np.asarray(batch.data[FIELD])
     data_key = run.descriptors.get(batch.stream, {}).get("data_keys", {}).get(FIELD, {})
-    config = run.state["model"].card.data.get("generator_config", {})
+    if config is None:
+        config = run.state["model"].card.data.get("generator_config", {})
     target = run.state.get("training_axes")
     if target is None:
         target = run.state["training_axes"] = spinwave.training_axes(config)
@@ -119,7 +129,7 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
             log_once(
                 logger,
                 run,
-                NAME,
+                plugin,
                 "no_axes",
                 logging.INFO,
                 "field %r declares no axes (coords); assuming the training grid (%s)",
@@ -130,7 +140,7 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
             log_once(
                 logger,
                 run,
-                NAME,
+                plugin,
                 "resample_without_axes",
                 logging.WARNING,
                 "field %r of shape %s declares no axes (coords); resample stretches it onto %s "
@@ -142,12 +152,12 @@ def on_training_grid(run: RunContext, batch: EventBatch) -> tuple[EventBatch, bo
             )
         return batch, False
     axes, dims = declared
-    plan = spinwave.plan_regrid(axes, dims, target, FIELD)
+    plan = spinwave.plan_regrid(axes, dims, target, FIELD, plugin)
     if plan.partial:
         log_once(
             logger,
             run,
-            NAME,
+            plugin,
             "partial_axes",
             logging.WARNING,
             "field %r covers the training grid only partly (%s); its events are flagged "

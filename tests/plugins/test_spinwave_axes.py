@@ -103,7 +103,7 @@ def test_scans_on_other_grids_are_mapped_flagged_or_refused_per_event(
     truth = (0.8, 0.12, 0.07)
     devices = [ins.SpinWaveSpectrometer(seed=4, config=c, truth=truth) for c in (SHIFTED, COARSE)]
     short = ins.SpinWaveSpectrometer(seed=4, config=SHORT, truth=truth)
-    smartlab = make_smartlab(plugins=["spinwave_cnn"])
+    smartlab = make_smartlab(plugins=["spinwave_cnn", "spinwave_baselines"])
     RE.subscribe(smartlab)
     with caplog.at_level(logging.INFO, logger="smartlab_plugins"):
         uids = [RE(bp.count([device], 2))[0] for device in [*devices, short]]
@@ -115,6 +115,12 @@ def test_scans_on_other_grids_are_mapped_flagged_or_refused_per_event(
         assert len(table) == 2 and list(table["outside_training"]) == [flag, flag]
         for name, value in zip(("j1", "j2", "d"), truth, strict=True):
             assert table[name].mean() == pytest.approx(value, rel=0.2), name
+        # the classical baselines read the map by its axes too, and flag it alike
+        (beside,) = find_analyses(client, run_uid=uid, plugin="spinwave_baselines")
+        baselines = read_events(beside)
+        assert len(baselines) == 2 and list(baselines["outside_training"]) == [flag, flag]
+        for kind in ("rf", "gb", "svm"):
+            assert baselines[f"{kind}_j1"].mean() == pytest.approx(truth[0], rel=0.2), kind
     assert "energy bins 0.2 meV wide, coarser than the training bins (0.1 meV)" in caplog.text
 
     (refused,) = find_analyses(client, run_uid=uids[2], plugin="spinwave_cnn")
@@ -125,6 +131,11 @@ def test_scans_on_other_grids_are_mapped_flagged_or_refused_per_event(
         "spinwave_cnn: field 'ins_sqw' covers energy 0.2 to 12.2 meV (its declared bins) but "
         "the model needs 0.25 to 16.15 meV (the centres of its training bins, 0.2 to 16.2 meV); "
         "the map is not analysed"
+    )
+    (refused,) = find_analyses(client, run_uid=uids[2], plugin="spinwave_baselines")
+    assert read_events(refused).empty
+    assert read_errors(refused)["message"].iloc[0].startswith(
+        "spinwave_baselines: field 'ins_sqw' covers energy 0.2 to 12.2 meV"
     )
 
 
