@@ -134,9 +134,8 @@ def test_scans_on_other_grids_are_mapped_flagged_or_refused_per_event(
     )
     (refused,) = find_analyses(client, run_uid=uids[2], plugin="spinwave_baselines")
     assert read_events(refused).empty
-    assert read_errors(refused)["message"].iloc[0].startswith(
-        "spinwave_baselines: field 'ins_sqw' covers energy 0.2 to 12.2 meV"
-    )
+    message = read_errors(refused)["message"].iloc[0]
+    assert message.startswith("spinwave_baselines: field 'ins_sqw' covers energy 0.2 to 12.2 meV")
 
 
 def test_a_map_without_axes_is_assumed_on_the_training_grid_once_per_run(
