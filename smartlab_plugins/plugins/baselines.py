@@ -92,11 +92,12 @@ class BaselinesPlugin:
         """Every model's answer for every event of the batch."""
         if self._loaded is None:
             return None
+        cnn = shared_model(self.baselines.cnn)
         outside = None
         if self.baselines.kind == "regression":  # the map on the training grid by its axes
             from smartlab_plugins.plugins.spinwave_cnn import on_training_grid
 
-            config = shared_model(self.baselines.cnn).card.data.get("generator_config", {})
+            config = cnn.card.data.get("generator_config", {})
             batch, partial = on_training_grid(run, batch, self.baselines.name, config)
             raw = model_input(run, batch, self.baselines.name, self.field, self.shape)
             conditions = spinwave.outside_training(dict(batch.context), config, len(batch))
@@ -121,7 +122,6 @@ class BaselinesPlugin:
                 scalars[f"{kind}_phase_name"] = np.array(task.outputs, dtype=object)[predicted]
         if outside is not None:
             scalars["outside_training"] = outside
-        cnn = shared_model(self.baselines.cnn)
         cnn_input = spinwave.preprocess(raw) if self.baselines.kind == "regression" else raw
         scalars.update(ood_flags(run, self.baselines.name, cnn, cnn_input, logger, batch.seq_num))
         return Results(scalars=scalars)
